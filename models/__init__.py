@@ -1,0 +1,29 @@
+"""Architectures, predictors and the model-store format shared by the service and the trainer.
+
+Pure torch/torchvision: nothing here imports fastapi, pydantic, `service` or `trainer`.
+"""
+
+from models.predictors import Detections, Predictor, Query, SemanticMap, load_predictor, make_predictor
+from models.registry import DEFAULT_ARCH, TASKS, Task, arch_names, build_model, get_arch
+from models.store import Category, Manifest, StoreError, load_entry, read_manifest, save_entry
+
+__all__ = [
+    "DEFAULT_ARCH",
+    "TASKS",
+    "Category",
+    "Detections",
+    "Manifest",
+    "Predictor",
+    "Query",
+    "SemanticMap",
+    "StoreError",
+    "Task",
+    "arch_names",
+    "build_model",
+    "get_arch",
+    "load_entry",
+    "load_predictor",
+    "make_predictor",
+    "read_manifest",
+    "save_entry",
+]

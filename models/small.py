@@ -1,0 +1,143 @@
+"""Small CPU-friendly architectures: a residual backbone, an FCN-8s and light R-CNNs on top of it.
+
+The shapes task needs far less capacity than ResNet-50 offers; these models train from scratch in
+minutes on two CPU cores and still use the same torchvision heads (RPN, RoIAlign, mask head) as the
+big ones.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+DEFAULT_WIDTHS = (24, 48, 96, 192)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(channels, channels)
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class TinyBackbone(nn.Sequential):
+    """Residual conv net; its children `layer2..layer4` give features at strides 8, 16 and 32."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS) -> None:
+        w0, w1, w2, w3 = widths
+        super().__init__(
+            OrderedDict(
+                stem=nn.Sequential(_conv_bn_relu(3, w0, 2), _conv_bn_relu(w0, w0, 2), ResidualBlock(w0)),
+                layer2=nn.Sequential(_conv_bn_relu(w0, w1, 2), ResidualBlock(w1)),
+                layer3=nn.Sequential(_conv_bn_relu(w1, w2, 2), ResidualBlock(w2)),
+                layer4=nn.Sequential(_conv_bn_relu(w2, w3, 2), ResidualBlock(w3)),
+            )
+        )
+        self.widths = widths
+
+
+class SkipFCN(nn.Module):
+    """FCN-8s: class scores from strides 32, 16 and 8, fused coarse-to-fine, upsampled to the input size.
+
+    `skips` picks the variant of the FCN paper: "32s" (coarse only), "16s" or "8s" (both skips).
+    Returns `{"out": logits}` like torchvision's segmentation models, so one predictor serves both.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, skips: str = "8s"):
+        super().__init__()
+        if skips not in ("32s", "16s", "8s"):
+            raise ValueError(f"skips must be 32s, 16s or 8s, not {skips!r}")
+        self.skips = skips
+        self.backbone = TinyBackbone(widths)
+        _, w1, w2, w3 = widths
+        self.head32 = nn.Sequential(_conv_bn_relu(w3, w3), nn.Dropout2d(0.1), nn.Conv2d(w3, num_classes, 1))
+        self.score16 = nn.Conv2d(w2, num_classes, 1)
+        self.score8 = nn.Conv2d(w1, num_classes, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        size = x.shape[-2:]
+        stem = self.backbone.stem(x)
+        c3 = self.backbone.layer2(stem)
+        c4 = self.backbone.layer3(c3)
+        c5 = self.backbone.layer4(c4)
+        logits = self.head32(c5)
+        if self.skips in ("16s", "8s"):
+            logits = _upsample_to(logits, c4) + self.score16(c4)
+        if self.skips == "8s":
+            logits = _upsample_to(logits, c3) + self.score8(c3)
+        return {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+
+
+def _upsample_to(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def tiny_fpn_backbone(widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, out_channels: int = 64) -> BackboneWithFPN:
+    return BackboneWithFPN(
+        TinyBackbone(widths),
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=list(widths[1:]),
+        out_channels=out_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _small_rcnn_parts(out_channels: int, num_classes: int) -> dict[str, Any]:
+    # Strides 8/16/32/64 with two sizes each cover shapes from ~20 px to the whole image.
+    anchors = AnchorGenerator(sizes=((16, 24), (32, 48), (64, 96), (128, 192)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    representation = 256
+    return {
+        "rpn_anchor_generator": anchors,
+        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
+        "box_head": TwoMLPHead(out_channels * 7 * 7, representation),
+        "box_predictor": FastRCNNPredictor(representation, num_classes),
+        "rpn_pre_nms_top_n_train": 600,
+        "rpn_post_nms_top_n_train": 300,
+        "rpn_pre_nms_top_n_test": 300,
+        "rpn_post_nms_top_n_test": 100,
+        "box_batch_size_per_image": 128,
+    }
+
+
+def small_faster_rcnn(num_classes: int, out_channels: int = 64, **kwargs: Any) -> FasterRCNN:
+    parts = _small_rcnn_parts(out_channels, num_classes)
+    return FasterRCNN(tiny_fpn_backbone(out_channels=out_channels), num_classes=None, **parts, **kwargs)
+
+
+def small_mask_rcnn(num_classes: int, out_channels: int = 64, **kwargs: Any) -> MaskRCNN:
+    parts = _small_rcnn_parts(out_channels, num_classes)
+    mask_width = 64
+    return MaskRCNN(
+        tiny_fpn_backbone(out_channels=out_channels),
+        num_classes=None,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(out_channels, (mask_width,) * 4, dilation=1),
+        mask_predictor=MaskRCNNPredictor(mask_width, mask_width, num_classes),
+        **parts,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
