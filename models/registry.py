@@ -75,7 +75,7 @@ def get_arch(task: str, name: str) -> ArchSpec:
     if task not in _REGISTRY:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     try:
-        return _REGISTRY[task][name]  # type: ignore[index]
+        return _REGISTRY[task][name]
     except KeyError:
         raise ValueError(f"unknown {task} architecture {name!r}; choose one of {', '.join(arch_names(task))}") from None
 
@@ -84,7 +84,9 @@ def arch_names(task: str) -> list[str]:
     return sorted(_REGISTRY.get(task, {}))  # type: ignore[call-overload]
 
 
-def build_model(task: str, arch: str, num_classes: int, input: Mapping[str, Any] | None = None, **options: Any) -> nn.Module:
+def build_model(
+    task: str, arch: str, num_classes: int, input: Mapping[str, Any] | None = None, **options: Any
+) -> nn.Module:
     return get_arch(task, arch).build(num_classes, input, **options)
 
 

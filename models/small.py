@@ -76,10 +76,11 @@ class SkipFCN(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
-        stem = self.backbone.stem(x)
-        c3 = self.backbone.layer2(stem)
-        c4 = self.backbone.layer3(c3)
-        c5 = self.backbone.layer4(c4)
+        features = []
+        for stage in self.backbone:
+            x = stage(x)
+            features.append(x)
+        _, c3, c4, c5 = features
         logits = self.head32(c5)
         if self.skips in ("16s", "8s"):
             logits = _upsample_to(logits, c4) + self.score16(c4)
