@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny real models saved into a temporary model store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import DEFAULT_ARCH, TASKS, Category, Manifest, build_model, get_arch, save_entry
+
+SHAPES = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
+
+
+def save_random_model(store: Path, task: str, seed: int = 0) -> Manifest:
+    """An untrained default-architecture model for `task`, exported to `store` like a trained one."""
+    torch.manual_seed(seed)
+    arch = DEFAULT_ARCH[task]  # type: ignore[index]
+    spec = get_arch(task, arch)
+    model = build_model(task, arch, num_classes=4)
+    manifest = Manifest(task=task, arch=arch, num_classes=4, categories=list(SHAPES), input=dict(spec.input))
+    save_entry(store, manifest, model.state_dict())
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def random_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    for task in TASKS:
+        save_random_model(store, task)
+    return store

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from models import DEFAULT_ARCH, Category, Detections, Manifest, Query, SemanticMap, load_predictor, make_predictor
+from models.registry import SMALL_FCN_INPUT, TASKS, arch_names, build_model
+
+
+class RedIsClassOne(nn.Module):
+    """A fully convolutional oracle: class 1 wherever the (normalised) red channel is high."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        red = x[:, :1]
+        return {"out": torch.cat([torch.zeros_like(red), red * 10], dim=1)}
+
+
+def _red_square_image(height: int, width: int, box: tuple[int, int, int, int]) -> Tensor:
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    x1, y1, x2, y2 = box
+    image[0, y1:y2, x1:x2] = 255
+    return image
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_registered_architecture_builds_without_weights(task: str) -> None:
+    for arch in arch_names(task):
+        model = build_model(task, arch, num_classes=5)
+        assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_segmentation_map_is_in_original_coordinates_for_mixed_sizes() -> None:
+    manifest = Manifest(
+        task="segment", arch="oracle", num_classes=2, categories=[Category(1, "red")], input=dict(SMALL_FCN_INPUT)
+    )
+    predictor = make_predictor(RedIsClassOne(), manifest)
+    boxes = [(10, 20, 60, 50), (300, 100, 500, 400), (0, 0, 33, 17)]
+    images = [
+        _red_square_image(120, 90, boxes[0]),
+        _red_square_image(700, 1000, boxes[1]),  # larger than max_size: shrunk, then mapped back
+        _red_square_image(64, 200, boxes[2]),
+    ]
+    results = predictor.predict(images)
+    for image, box, result in zip(images, boxes, results, strict=True):
+        assert isinstance(result, SemanticMap)
+        assert result.labels.shape == image.shape[-2:]
+        truth = image[0] == 255
+        disagreement = (result.labels.bool() != truth).sum().item()
+        perimeter = 2 * ((box[2] - box[0]) + (box[3] - box[1]))
+        assert disagreement <= perimeter  # at most a one-pixel seam from resampling
+        assert (result.labels.bool() & truth).sum() >= 0.9 * truth.sum()
+
+
+@pytest.mark.parametrize("task", ["detect", "instances"])
+def test_rcnn_results_are_in_each_images_own_coordinates(random_store: Path, task: str) -> None:
+    predictor = load_predictor(random_store, task)
+    torch.manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in [(120, 300), (400, 160), (250, 250)]]
+    results = predictor.predict(images, [Query(score_threshold=0.0)] * 3)
+    for image, result in zip(images, results, strict=True):
+        assert isinstance(result, Detections)
+        assert len(result.boxes) > 0
+        height, width = image.shape[-2:]
+        assert (result.boxes[:, 0::2] >= 0).all()
+        assert (result.boxes[:, 0::2] <= width).all()
+        assert (result.boxes[:, 1::2] >= 0).all()
+        assert (result.boxes[:, 1::2] <= height).all()
+        assert (result.scores[:-1] >= result.scores[1:]).all()
+        if task == "instances":
+            assert result.masks is not None
+            assert result.masks.shape == (len(result.boxes), height, width)
+            assert result.masks.dtype == torch.bool
+
+
+def test_queries_filter_per_image(random_store: Path) -> None:
+    predictor = load_predictor(random_store, "instances")
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (3, 200, 240), dtype=torch.uint8)
+    everything, top3, squares, strict = predictor.predict(
+        [image] * 4,
+        [
+            Query(score_threshold=0.0),
+            Query(score_threshold=0.0, max_detections=3),
+            Query(score_threshold=0.0, class_ids=frozenset({2})),
+            Query(score_threshold=1.01),
+        ],
+    )
+    assert isinstance(everything, Detections)
+    assert isinstance(top3, Detections)
+    assert isinstance(squares, Detections)
+    assert isinstance(strict, Detections)
+    assert len(everything.boxes) > 3
+    assert torch.equal(top3.boxes, everything.boxes[:3])
+    assert len(squares.labels) > 0
+    assert set(squares.labels.tolist()) == {2}
+    assert len(strict.boxes) == 0
+    assert strict.masks is not None
+    assert strict.masks.shape == (0, 200, 240)
+
+
+def test_bad_images_raise_value_error(random_store: Path) -> None:
+    predictor = load_predictor(random_store, "segment")
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.predict([torch.zeros(3, 10, 10)])
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        predictor.predict([torch.zeros(1, 10, 10, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="queries"):
+        predictor.predict([torch.zeros(3, 10, 10, dtype=torch.uint8)], [])
+    assert DEFAULT_ARCH["segment"] == predictor.manifest.arch

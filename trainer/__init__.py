@@ -1,0 +1,1 @@
+"""Offline trainer: synthetic shapes dataset, COCO datasets, train/eval loops and export to the model store."""

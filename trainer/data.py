@@ -1,0 +1,150 @@
+"""COCO-format datasets as training tensors, for all three tasks.
+
+Detection targets follow torchvision's R-CNN contract (boxes XYXY, labels, masks); the semantic target
+for segmentation is painted from the instance masks, background 0, crowd regions ignored (255).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from models import Category
+
+IGNORE = 255
+Target = dict[str, Tensor]
+
+
+def load_coco(data: Path, split: str) -> COCO:
+    path = data / "annotations" / f"{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {split} annotations at {path}")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want
+        return COCO(str(path))
+
+
+def categories_of(coco: COCO) -> list[Category]:
+    return [Category(int(c["id"]), str(c["name"])) for c in sorted(coco.dataset["categories"], key=lambda c: c["id"])]
+
+
+def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """Decode polygons, uncompressed or compressed RLE into an HxW uint8 mask."""
+    segm = ann["segmentation"]
+    if isinstance(segm, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm["counts"], list):
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return mask_utils.decode(rle)
+
+
+class CocoDataset(Dataset[tuple[Tensor, Target]]):
+    """Images as uint8 CHW tensors with task targets; `train=True` adds horizontal flips."""
+
+    def __init__(self, data: Path | str, split: str, task: str, train: bool = False) -> None:
+        self.root = Path(data)
+        self.coco = load_coco(self.root, split)
+        self.task = task
+        self.train = train
+        self.image_ids = sorted(self.coco.getImgIds())
+        self.categories = categories_of(self.coco)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def read_image(self, index: int) -> Tensor:
+        info = self.coco.imgs[self.image_ids[index]]
+        return decode_image(read_file(str(self.root / "images" / info["file_name"])), mode=ImageReadMode.RGB)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        image = self.read_image(index)
+        image_id = self.image_ids[index]
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
+        height, width = image.shape[-2:]
+        target = semantic_target(anns, height, width) if self.task == "segment" else rcnn_target(anns, height, width)
+        target["image_id"] = torch.tensor(image_id)
+        if self.train and random.random() < 0.5:
+            image, target = hflip(image, target)
+        return image, target
+
+
+def rcnn_target(anns: list[dict[str, Any]], height: int, width: int) -> Target:
+    anns = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    masks = np.stack([annotation_mask(a, height, width) for a in anns]) if anns else np.zeros((0, height, width))
+    return {
+        "boxes": boxes,
+        "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+        "masks": torch.from_numpy(masks.astype(np.uint8)),
+    }
+
+
+def semantic_target(anns: list[dict[str, Any]], height: int, width: int) -> Target:
+    # Larger objects first so smaller ones on top stay visible where COCO masks overlap.
+    label_map = np.zeros((height, width), dtype=np.uint8)
+    for ann in sorted(anns, key=lambda a: -a["area"]):
+        mask = annotation_mask(ann, height, width).astype(bool)
+        label_map[mask] = IGNORE if ann.get("iscrowd", 0) else ann["category_id"]
+    return {"mask": torch.from_numpy(label_map).long()}
+
+
+def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
+    width = image.shape[-1]
+    flipped = dict(target)
+    if "boxes" in target:
+        boxes = target["boxes"].clone()
+        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+        flipped["boxes"] = boxes
+    for key in ("masks", "mask"):
+        if key in target:
+            flipped[key] = target[key].flip(-1)
+    return image.flip(-1), flipped
+
+
+def collate(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+def segmentation_batch(
+    images: list[Tensor], targets: list[Target], max_size: int, mean: Tensor, std: Tensor, scale_jitter: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """Scale each image as the predictor would (longer side at most max_size), jitter, pad to a common size."""
+    xs, ys = [], []
+    for image, target in zip(images, targets, strict=True):
+        scale = min(1.0, max_size / max(image.shape[-2:])) * random.uniform(1 - scale_jitter, 1 + scale_jitter)
+        size = [max(8, round(s * scale)) for s in image.shape[-2:]]
+        x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)
+        y = F.interpolate(target["mask"][None, None].float(), size=size, mode="nearest")
+        xs.append((x[0] - mean) / std)
+        ys.append(y[0, 0].long())
+    height = -(-max(x.shape[-2] for x in xs) // 32) * 32
+    width = -(-max(x.shape[-1] for x in xs) // 32) * 32
+    batch = xs[0].new_zeros((len(xs), 3, height, width))
+    labels = torch.full((len(ys), height, width), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        batch[i, :, : x.shape[-2], : x.shape[-1]] = x
+        labels[i, : y.shape[-2], : y.shape[-1]] = y
+    return batch, labels
+
+
+def forever(loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
+    while True:
+        yield from loader

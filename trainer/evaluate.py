@@ -1,0 +1,116 @@
+"""Evaluation: COCO bbox/segm mAP through pycocotools' COCOeval, and per-class IoU / mIoU for segmentation."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+from models import Detections, Predictor, Query, SemanticMap
+from trainer.data import IGNORE, CocoDataset, semantic_target
+
+# Keep everything the model found (down to its score floor): COCO mAP integrates over all scores.
+EVAL_QUERY = Query(score_threshold=0.0, max_detections=100)
+STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+
+
+def evaluate(
+    predictor: Predictor, dataset: CocoDataset, limit: int | None = None, batch_size: int = 4
+) -> dict[str, Any]:
+    indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    if predictor.task == "segment":
+        return _evaluate_segmentation(predictor, dataset, indices, batch_size)
+    return _evaluate_detection(predictor, dataset, indices, batch_size)
+
+
+def _batches(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def detection_records(image_id: int, result: Detections) -> list[dict[str, Any]]:
+    records = []
+    rows = zip(result.boxes.tolist(), result.labels.tolist(), result.scores.tolist(), strict=True)
+    for i, ((x1, y1, x2, y2), label, score) in enumerate(rows):
+        record: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": int(label),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(score),
+        }
+        if result.masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(result.masks[i].numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            record["segmentation"] = rle
+        records.append(record)
+    return records
+
+
+def _evaluate_detection(
+    predictor: Predictor, dataset: CocoDataset, indices: list[int], batch_size: int
+) -> dict[str, Any]:
+    records: list[dict[str, Any]] = []
+    for chunk in _batches(indices, batch_size):
+        images = [dataset.read_image(i) for i in chunk]
+        results = predictor.predict(images, [EVAL_QUERY] * len(images))
+        for i, result in zip(chunk, results, strict=True):
+            assert isinstance(result, Detections)
+            records.extend(detection_records(dataset.image_ids[i], result))
+    image_ids = [dataset.image_ids[i] for i in indices]
+    iou_types = ["bbox", "segm"] if predictor.task == "instances" else ["bbox"]
+    return {iou: _coco_stats(dataset, records, image_ids, iou) for iou in iou_types} | {"images": len(indices)}
+
+
+def _coco_stats(
+    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], iou: str
+) -> dict[str, float]:
+    if not records:  # loadRes refuses an empty list; nothing detected scores zero
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval reports on stdout; we print JSON there
+        coco_dt = dataset.coco.loadRes(records)
+        evaluator = COCOeval(dataset.coco, coco_dt, iou)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: round(float(value), 4) for name, value in zip(STAT_NAMES, evaluator.stats, strict=False)}
+
+
+def _evaluate_segmentation(
+    predictor: Predictor, dataset: CocoDataset, indices: list[int], batch_size: int
+) -> dict[str, Any]:
+    num_classes = predictor.manifest.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for chunk in _batches(indices, batch_size):
+        images = [dataset.read_image(i) for i in chunk]
+        results = predictor.predict(images)
+        for i, image, result in zip(chunk, images, results, strict=True):
+            assert isinstance(result, SemanticMap)
+            image_id = dataset.image_ids[i]
+            anns = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=image_id))
+            truth = semantic_target(anns, image.shape[-2], image.shape[-1])["mask"].flatten()
+            predicted = result.labels.long().flatten()
+            valid = truth != IGNORE
+            confusion += torch.bincount(
+                truth[valid] * num_classes + predicted[valid], minlength=num_classes**2
+            ).reshape(num_classes, num_classes)
+    return segmentation_scores(confusion, dataset, len(indices))
+
+
+def segmentation_scores(confusion: torch.Tensor, dataset: CocoDataset, images: int) -> dict[str, Any]:
+    """IoU per class present in the data (background included, as in the FCN paper's mean IU)."""
+    names = {0: "background"} | {c.id: c.name for c in dataset.categories}
+    intersection = confusion.diag().double()
+    union = confusion.sum(0).double() + confusion.sum(1).double() - intersection
+    per_class = {names[c]: round(float(intersection[c] / union[c]), 4) for c in names if union[c] > 0}
+    pixel_acc = float(intersection.sum() / confusion.sum().clamp(min=1))
+    return {
+        "mIoU": round(sum(per_class.values()) / max(1, len(per_class)), 4),
+        "pixel_accuracy": round(pixel_acc, 4),
+        "iou": per_class,
+        "images": images,
+    }

@@ -1,0 +1,53 @@
+"""Training presets per task: `smoke` (tests, under a minute), `quick` (the embedded default), `full`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+PRESETS = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    # Overrides of the architecture's `input` (resize) settings, recorded in the manifest.
+    input: dict[str, Any] = field(default_factory=dict)
+    scale_jitter: float = 0.2
+    eval_images: int | None = None  # None: the whole val split
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_SMALL_RCNN = {"min_size": 256, "max_size": 416}
+
+_TABLE: dict[str, dict[str, TrainConfig]] = {
+    "segment": {
+        "smoke": TrainConfig(steps=12, batch_size=4, lr=2e-3, warmup_steps=2, input={"max_size": 256}, eval_images=8),
+        "quick": TrainConfig(steps=900, batch_size=8, lr=2e-3, input={"max_size": 384}),
+        "full": TrainConfig(steps=6000, batch_size=8, lr=2e-3, warmup_steps=200, input={"max_size": 512}),
+    },
+    "detect": {
+        "smoke": TrainConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2, input=_SMALL_RCNN, eval_images=8),
+        "quick": TrainConfig(steps=900, batch_size=4, lr=1e-3, input=_SMALL_RCNN),
+        "full": TrainConfig(steps=8000, batch_size=4, lr=1e-3, warmup_steps=200, input={"min_size": 320}),
+    },
+    "instances": {
+        "smoke": TrainConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2, input=_SMALL_RCNN, eval_images=8),
+        "quick": TrainConfig(steps=900, batch_size=4, lr=1e-3, input=_SMALL_RCNN),
+        "full": TrainConfig(steps=8000, batch_size=4, lr=1e-3, warmup_steps=200, input={"min_size": 320}),
+    },
+}
+
+
+def get_preset(task: str, name: str, arch_is_small: bool) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = _TABLE[task][name]
+    # Resize overrides are tuned for the small architectures; big ones keep torchvision's own sizes.
+    return config if arch_is_small else replace(config, input={})
