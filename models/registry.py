@@ -97,7 +97,7 @@ def _no_weights(fn: Builder) -> Builder:
     return build
 
 
-DEFAULT_ARCH: dict[Task, str] = {"segment": "fcn_small", "detect": "fasterrcnn_small", "instances": "maskrcnn_small"}
+DEFAULT_ARCH: dict[str, str] = {"segment": "fcn_small", "detect": "fasterrcnn_small", "instances": "maskrcnn_small"}
 
 # aux_loss=True keeps the state dict identical to torchvision's published FCN checkpoints.
 register(ArchSpec("segment", "fcn_resnet50", _no_weights(segmentation.fcn_resnet50), FCN_INPUT, {"aux_loss": True}))

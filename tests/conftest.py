@@ -15,7 +15,7 @@ SHAPES = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
 def save_random_model(store: Path, task: str, seed: int = 0) -> Manifest:
     """An untrained default-architecture model for `task`, exported to `store` like a trained one."""
     torch.manual_seed(seed)
-    arch = DEFAULT_ARCH[task]  # type: ignore[index]
+    arch = DEFAULT_ARCH[task]
     spec = get_arch(task, arch)
     model = build_model(task, arch, num_classes=4)
     manifest = Manifest(task=task, arch=arch, num_classes=4, categories=list(SHAPES), input=dict(spec.input))

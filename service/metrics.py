@@ -1,0 +1,99 @@
+"""Prometheus metrics, declared once per app on the app's own registry (so test apps never collide)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+class Metrics:
+    def __init__(self, tasks: Iterable[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "densepred_request_duration_seconds",
+            "Time to answer a request, by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "densepred_queue_wait_seconds", "Time an image waited before its batch ran.", ["task"],
+            buckets=WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_duration = Histogram(
+            "densepred_inference_duration_seconds", "Model time per batch.", ["task"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "densepred_batch_size", "Images per batch.", ["task"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("densepred_queue_depth", "Images waiting for a batch.", ["task"], registry=r)
+        self.rejected = Counter(
+            "densepred_requests_rejected_total", "Requests answered with an error, by reason.", ["task", "reason"],
+            registry=r,
+        )  # fmt: skip
+        for task in tasks:
+            # Touch each per-task series so dashboards see zeros, not gaps, before the first request.
+            for family in (self.queue_wait, self.inference_duration, self.batch_size, self.queue_depth):
+                family.labels(task=task)
+
+    def observer(self, task: str) -> TaskObserver:
+        return TaskObserver(self, task)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class TaskObserver:
+    """The batching queue's hooks, bound to one task's series."""
+
+    def __init__(self, metrics: Metrics, task: str) -> None:
+        self._depth = metrics.queue_depth.labels(task=task)
+        self._wait = metrics.queue_wait.labels(task=task)
+        self._inference = metrics.inference_duration.labels(task=task)
+        self._batch = metrics.batch_size.labels(task=task)
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self._batch.observe(size)
+        self._inference.observe(seconds)
+
+
+class RequestMetricsMiddleware:
+    """Times every request to a known endpoint; other paths create no series (no label explosion)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: Collection[str]) -> None:
+        self.app = app
+        self.histogram = metrics.request_duration
+        self.endpoints = frozenset(endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.endpoints:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app raises before answering, the server answers 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.histogram.labels(endpoint=scope["path"], status=str(status)).observe(time.perf_counter() - start)

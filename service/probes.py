@@ -1,0 +1,43 @@
+"""Operational endpoints: liveness, readiness, what is served, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import torch
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.errors import ApiError
+from service.routes import RuntimeDep
+from service.schemas import ErrorBody, Health, ManifestInfo, ModelList, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}}, summary="Liveness")
+async def healthz(runtime: RuntimeDep) -> Health:
+    """The process answers, every batching worker runs, and the model device is usable. No model call."""
+    if not runtime.alive():
+        raise ApiError(503, "unhealthy", "a batching worker has stopped")
+    if runtime.device.type == "cuda" and not torch.cuda.is_available():
+        raise ApiError(503, "unhealthy", f"device {runtime.device} is gone")
+    return Health(device=str(runtime.device))
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}}, summary="Readiness")
+async def readyz(runtime: RuntimeDep) -> Readiness:
+    """200 once every configured model is loaded and has run its warm-up pass; 503 before."""
+    if not runtime.ready:
+        waiting = ", ".join(f"{task} {m.state}" for task, m in runtime.models.items() if m.state != "ready")
+        raise ApiError(503, "not_ready", f"not ready: {waiting}", {"Retry-After": "5"})
+    return Readiness(models={task: m.manifest.version for task, m in runtime.models.items()})
+
+
+@router.get("/models", response_model=ModelList, summary="Manifests of the served models")
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    return ModelList(models=[ManifestInfo.model_validate(m.manifest.to_json()) for m in runtime.models.values()])
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

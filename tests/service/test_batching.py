@@ -1,0 +1,190 @@
+"""The batching queue on its own: plain functions instead of models, real asyncio, real threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+
+from service.batching import Batcher, BatcherStoppedError, DeadlineExceededError, QueueFullError
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """Observer that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+        self.waits: list[float] = []
+        self.batches: list[tuple[int, float]] = []
+
+    def queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self.batches.append((size, seconds))
+
+
+@asynccontextmanager
+async def running(
+    fn: Callable[[list[int]], Sequence[int]], **options: float
+) -> AsyncIterator[tuple[Batcher[int, int], Recorder]]:
+    recorder = Recorder()
+    config = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue": 16, **options}
+    batcher: Batcher[int, int] = Batcher(
+        fn,
+        name="test",
+        max_batch_size=int(config["max_batch_size"]),
+        max_wait_s=config["max_wait_s"],
+        max_queue=int(config["max_queue"]),
+        observer=recorder,
+    )
+    batcher.start()
+    try:
+        yield batcher, recorder
+    finally:
+        await batcher.stop()
+
+
+def squares(items: list[int]) -> list[int]:
+    return [x * x for x in items]
+
+
+async def test_concurrent_items_share_a_batch_and_each_gets_its_own_result() -> None:
+    async with running(squares, max_batch_size=4, max_wait_s=0.5) as (batcher, recorder):
+        done = await asyncio.gather(*(batcher.submit(x) for x in range(8)))
+    assert [c.value for c in done] == [x * x for x in range(8)]
+    assert [size for size, _ in recorder.batches] == [4, 4]  # closed by size, well before the 0.5 s wait
+    assert all(c.batch_size == 4 for c in done)
+    assert len(recorder.waits) == 8
+
+
+async def test_a_lone_item_waits_at_most_max_wait() -> None:
+    async with running(squares, max_wait_s=0.05) as (batcher, recorder):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        done = await batcher.submit(3)
+        elapsed = loop.time() - start
+    assert done.value == 9
+    assert done.queue_s >= 0.04
+    assert elapsed < 1.0
+    assert recorder.batches[0][0] == 1
+
+
+async def test_the_batch_function_runs_off_the_event_loop_thread() -> None:
+    threads: set[str] = set()
+
+    def fn(items: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        return items
+
+    async with running(fn) as (batcher, _):
+        await asyncio.gather(*(batcher.submit(x) for x in range(6)))
+    assert threading.current_thread().name not in threads
+    assert len(threads) == 1  # one worker thread per queue
+
+
+async def test_a_failing_item_fails_alone() -> None:
+    def fn(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("13 is unlucky")
+        return squares(items)
+
+    async with running(fn, max_batch_size=8, max_wait_s=0.2) as (batcher, recorder):
+        outcomes = await asyncio.gather(*(batcher.submit(x) for x in (1, 13, 2, 3)), return_exceptions=True)
+    assert [o if isinstance(o, Exception) else o.value for o in outcomes[::2]] == [1, 4]
+    assert isinstance(outcomes[1], ValueError)
+    assert outcomes[3].value == 9  # type: ignore[union-attr]
+    assert recorder.batches[0][0] == 4  # one batch, whose failure was retried item by item
+
+
+async def test_a_wrong_number_of_outputs_is_an_error_not_a_mixup() -> None:
+    async with running(lambda items: items[:1], max_wait_s=0.2) as (batcher, _):
+        outcomes = await asyncio.gather(*(batcher.submit(x) for x in range(3)), return_exceptions=True)
+    # Retried one by one, each call returns one output for one input: everyone is answered correctly.
+    assert [o.value for o in outcomes] == [0, 1, 2]  # type: ignore[union-attr]
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    gate, entered = threading.Event(), threading.Event()
+
+    def blocked(items: list[int]) -> list[int]:
+        entered.set()
+        gate.wait(10)
+        return items
+
+    async with running(blocked, max_batch_size=1, max_wait_s=0, max_queue=2) as (batcher, recorder):
+        first = asyncio.create_task(batcher.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)  # item 0 is on the worker thread, out of the queue
+        queued = [asyncio.create_task(batcher.submit(x)) for x in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(3)
+        gate.set()
+        assert [t.value for t in await asyncio.gather(first, *queued)] == [0, 1, 2]
+    assert max(recorder.depths) == 2
+
+
+async def test_deadline_exceeded_and_the_abandoned_item_is_skipped() -> None:
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def blocked(items: list[int]) -> list[int]:
+        seen.extend(items)
+        gate.wait(10)
+        return items
+
+    async with running(blocked, max_batch_size=1, max_wait_s=0) as (batcher, _):
+        first = asyncio.create_task(batcher.submit(0, timeout_s=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceededError):
+            await batcher.submit(1, timeout_s=0.05)  # queued behind the blocked batch
+        gate.set()
+        assert (await first).value == 0
+        assert (await batcher.submit(2, timeout_s=5)).value == 2
+    assert seen == [0, 2]  # item 1 timed out while queued: it never reached the function
+
+
+async def test_stop_fails_waiting_items_and_refuses_new_ones() -> None:
+    gate = threading.Event()
+
+    def blocked(items: list[int]) -> list[int]:
+        gate.wait(10)
+        return items
+
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(
+        blocked, name="t", max_batch_size=1, max_wait_s=0, max_queue=4, observer=recorder
+    )
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(x)) for x in range(3)]
+    await asyncio.sleep(0.05)
+    await batcher.stop()
+    gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(o, BatcherStoppedError) for o in outcomes)
+    with pytest.raises(BatcherStoppedError):
+        await batcher.submit(9)
+    assert recorder.depths[-1] == 0
+
+
+def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Batcher(squares, name="x", max_batch_size=0, max_wait_s=0, max_queue=1)
+
+
+async def test_stop_while_collecting_a_batch_fails_the_collected_items() -> None:
+    batcher: Batcher[int, int] = Batcher(squares, name="t", max_batch_size=8, max_wait_s=30, max_queue=8)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit(x)) for x in range(2)]
+    await asyncio.sleep(0.05)  # the worker holds both, waiting 30 s for more
+    await batcher.stop()
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
+    assert all(isinstance(o, BatcherStoppedError) for o in outcomes)

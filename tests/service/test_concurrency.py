@@ -1,0 +1,169 @@
+"""Batching through HTTP: real concurrent requests, each answered with its own result, and overload."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from service_helpers import WrappedPredictor, as_raw, blocks_image, encode, metric_samples, serve, settings_for
+
+from models import Predictor, SemanticMap
+
+pytestmark = [
+    pytest.mark.anyio,
+    # pycocotools' decode under numpy 2: a third-party deprecation, not ours.
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning"),
+]
+
+
+def _label_map(body: dict[str, Any]) -> np.ndarray:
+    labels = np.zeros((body["image"]["height"], body["image"]["width"]), dtype=np.uint8)
+    for segment in body["segments"]:
+        rle = {"size": segment["mask"]["size"], "counts": segment["mask"]["counts"].encode("ascii")}
+        labels[mask_utils.decode(rle).astype(bool)] = segment["label_id"]
+    return labels
+
+
+def _batch_counts(metrics: str, task: str) -> tuple[float, float]:
+    """(batches of exactly one image, all batches) from the densepred_batch_size histogram."""
+    buckets = metric_samples(metrics, "densepred_batch_size_bucket")
+    total = metric_samples(metrics, "densepred_batch_size_count")[f'{{task="{task}"}}']
+    return buckets[f'{{le="1.0",task="{task}"}}'], total
+
+
+async def test_sixteen_concurrent_callers_share_batches_and_get_their_own_results(
+    store: Path, predictors: dict[str, Predictor]
+) -> None:
+    images = [blocks_image(100 + i, 64, 80) for i in range(16)]  # same size: batching changes nothing numerically
+    settings = settings_for(store, tasks="segment", max_batch_size=8, max_wait_ms=200)
+    async with serve(settings, lambda task, device: predictors[task]) as client:
+        responses = await asyncio.gather(*(client.post("/segment", **as_raw(encode(im))) for im in images))
+        metrics = (await client.get("/metrics")).text
+    singles, batches = _batch_counts(metrics, "segment")
+    assert batches - singles >= 1, "no batch held more than one image"
+    assert batches <= 8  # warm-up excluded: 16 images in at most 8 batches
+    distinct = set()
+    for image, response in zip(images, responses, strict=True):
+        assert response.status_code == 200, response.text
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        own = predictors["segment"].predict([tensor])[0]
+        assert isinstance(own, SemanticMap)
+        labels = _label_map(response.json())
+        assert np.array_equal(labels, own.labels.numpy())
+        distinct.add(labels.tobytes())
+    assert len(distinct) > 8, "the images should give different answers, or a mix-up would go unnoticed"
+
+
+async def test_mixed_sizes_batch_together(store: Path, predictors: dict[str, Predictor]) -> None:
+    sizes = [(40, 64), (72, 48), (56, 56), (90, 30), (33, 77), (64, 96)]
+    inner = predictors["instances"]
+    wrapped = WrappedPredictor(inner)
+    settings = settings_for(store, tasks="instances", max_batch_size=6, max_wait_ms=300)
+    async with serve(settings, lambda task, device: wrapped) as client:
+        wrapped.batch_sizes.clear()  # forget the warm-up pass
+        calls = [
+            client.post("/instances", params={"score_threshold": 0, "max_detections": 3}, **as_raw(encode(im)))
+            for im in (blocks_image(200 + i, h, w) for i, (h, w) in enumerate(sizes))
+        ]
+        responses = await asyncio.gather(*calls)
+    assert max(wrapped.batch_sizes) > 1
+    for (height, width), response in zip(sizes, responses, strict=True):
+        body = response.json()
+        assert body["image"] == {"width": width, "height": height}
+        assert body["detections"]
+        for det in body["detections"]:
+            assert det["mask"]["size"] == [height, width]  # each caller got the masks of its own image
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 <= x2 <= width
+            assert 0 <= y1 <= y2 <= height
+
+
+async def test_a_poisoned_image_fails_alone(store: Path, predictors: dict[str, Predictor]) -> None:
+    poison = blocks_image(300, 64, 80)
+    poison[0, 0] = (1, 2, 3)  # the marker the wrapped model chokes on
+
+    poisoned_batches: list[int] = []
+
+    def choke(images: Sequence[torch.Tensor]) -> None:
+        if any(im[:, 0, 0].tolist() == [1, 2, 3] for im in images):
+            poisoned_batches.append(len(images))
+            raise ValueError("this image upsets the model")
+
+    wrapped = WrappedPredictor(predictors["segment"], before_batch=choke)
+    settings = settings_for(store, tasks="segment", max_batch_size=8, max_wait_ms=300)
+    images = [blocks_image(301 + i, 64, 80) for i in range(7)]
+    images.insert(3, poison)
+    async with serve(settings, lambda task, device: wrapped) as client:
+        responses = await asyncio.gather(*(client.post("/segment", **as_raw(encode(im))) for im in images))
+        metrics = (await client.get("/metrics")).text
+    assert max(poisoned_batches) > 1, "the poisoned image should have shared a batch with others"
+    assert poisoned_batches[-1] == 1  # then retried alone
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200, 200, 200, 422, 200, 200, 200, 200]
+    assert responses[3].json()["error"]["code"] == "unprocessable_image"
+    for image, response in zip(images, responses, strict=True):
+        if response.status_code == 200:
+            own = predictors["segment"].predict([torch.from_numpy(image).permute(2, 0, 1).contiguous()])[0]
+            assert np.array_equal(_label_map(response.json()), own.labels.numpy())  # type: ignore[union-attr]
+    rejected = metric_samples(metrics, "densepred_requests_rejected_total")
+    assert rejected['{reason="unprocessable_image",task="segment"}'] == 1
+
+
+def _blocked_service(store: Path, predictors: dict[str, Predictor], **overrides: Any) -> Any:
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(images: Sequence[torch.Tensor]) -> None:
+        entered.set()
+        assert gate.wait(30)
+
+    wrapped = WrappedPredictor(predictors["segment"], before_batch=hold)
+    settings = settings_for(store, tasks="segment", max_batch_size=1, max_wait_ms=0, **overrides)
+    return serve(settings, lambda task, device: wrapped), gate, entered
+
+
+async def test_full_queue_answers_429_at_once(store: Path, predictors: dict[str, Predictor]) -> None:
+    service, gate, entered = _blocked_service(store, predictors, max_queue=2)
+    data = encode(blocks_image(400, 32, 32))
+    async with service as client:
+        try:
+            first = asyncio.create_task(client.post("/segment", **as_raw(data)))
+            assert await asyncio.to_thread(entered.wait, 10)  # the model is busy with the first image
+            queued = [asyncio.create_task(client.post("/segment", **as_raw(data))) for _ in range(2)]
+            while 'densepred_queue_depth{task="segment"} 2.0' not in (await client.get("/metrics")).text:
+                await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            rejected = await client.post("/segment", **as_raw(data))
+            assert loop.time() - start < 1.0
+        finally:
+            gate.set()
+        assert rejected.status_code == 429
+        assert rejected.headers["retry-after"] == "1"
+        assert rejected.json()["error"]["code"] == "queue_full"
+        assert [r.status_code for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
+        metrics = (await client.get("/metrics")).text
+    assert metric_samples(metrics, "densepred_requests_rejected_total")['{reason="queue_full",task="segment"}'] == 1
+
+
+async def test_request_past_its_deadline_gets_504(store: Path, predictors: dict[str, Predictor]) -> None:
+    service, gate, entered = _blocked_service(store, predictors, request_timeout_s=0.3)
+    data = encode(blocks_image(401, 32, 32))
+    async with service as client:
+        try:
+            first = asyncio.create_task(client.post("/segment", **as_raw(data)))
+            assert await asyncio.to_thread(entered.wait, 10)
+            queued = await client.post("/segment", **as_raw(data))  # waits in the queue behind the held batch
+            running = await first  # its batch is still held too
+        finally:
+            gate.set()
+        for response in (queued, running):
+            assert response.status_code == 504, response.text
+            assert response.json()["error"]["code"] == "deadline_exceeded"
+        assert (await client.post("/segment", **as_raw(data))).status_code == 200  # and the queue recovers

@@ -1,0 +1,144 @@
+"""Startup, readiness, the operational endpoints, metrics and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from service_helpers import (
+    WrappedPredictor,
+    as_raw,
+    blocks_image,
+    encode,
+    lifespan,
+    metric_samples,
+    serve,
+    settings_for,
+)
+
+from models import TASKS, Predictor
+from service import create_app
+from service.runtime import curl_examples
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_readyz_is_503_until_every_model_is_warm(store: Path, predictors: dict[str, Predictor]) -> None:
+    gate = threading.Event()
+    wrapped = {
+        task: WrappedPredictor(p, warmup_gate=gate if task == "detect" else None) for task, p in predictors.items()
+    }
+    data = encode(blocks_image(500))
+    async with serve(settings_for(store), lambda task, device: wrapped[task], wait_ready=False) as client:
+        try:
+            await asyncio.sleep(0.3)  # segment and instances warm quickly; detect waits for the gate
+            not_ready = await client.get("/readyz")
+            assert not_ready.status_code == 503
+            assert not_ready.json()["error"]["code"] == "not_ready"
+            assert "detect warming" in not_ready.json()["error"]["message"]
+            refused = await client.post("/detect", **as_raw(data))
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"]
+            assert (await client.get("/healthz")).status_code == 200  # alive while warming
+            assert (await client.get("/models")).status_code == 200
+        finally:
+            gate.set()
+        for _ in range(500):
+            ready = await client.get("/readyz")
+            if ready.status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "models": {t: p.manifest.version for t, p in predictors.items()}}
+        assert (await client.post("/detect", **as_raw(data))).status_code == 200
+
+
+async def test_serves_from_the_model_dir_and_describes_itself(store: Path) -> None:
+    async with serve(settings_for(store, tasks="detect,segment")) as client:  # the real store loader
+        health = (await client.get("/healthz")).json()
+        assert health == {"status": "ok", "device": "cpu"}
+        described = (await client.get("/models")).json()["models"]
+        manifests = {task: json.loads((store / task / "manifest.json").read_text()) for task in ("segment", "detect")}
+        assert [m["task"] for m in described] == ["segment", "detect"]
+        for entry in described:
+            assert entry == manifests[entry["task"]]
+        assert (await client.post("/instances", **as_raw(encode(blocks_image(501))))).status_code == 404
+        openapi = (await client.get("/openapi.json")).json()
+        assert "/instances" not in openapi["paths"]
+        assert "/detect" in openapi["paths"]
+
+
+async def test_metrics_names_labels_and_no_series_for_unknown_paths(
+    store: Path, predictors: dict[str, Predictor]
+) -> None:
+    async with serve(settings_for(store), lambda task, device: predictors[task]) as client:
+        data = encode(blocks_image(502))
+        for task in TASKS:
+            assert (await client.post(f"/{task}", **as_raw(data))).status_code == 200
+        await client.post("/detect", **as_raw(b"junk"))
+        for i in range(20):
+            await client.get(f"/scanner/probe-{i}")
+        text = (await client.get("/metrics")).text
+    for name in (
+        "densepred_request_duration_seconds",
+        "densepred_queue_wait_seconds",
+        "densepred_inference_duration_seconds",
+        "densepred_batch_size",
+        "densepred_queue_depth",
+        "densepred_requests_rejected_total",
+    ):
+        assert f"# TYPE {name} " in text, name
+    durations = metric_samples(text, "densepred_request_duration_seconds_count")
+    assert durations['{endpoint="/detect",status="200"}'] == 1
+    assert durations['{endpoint="/detect",status="400"}'] == 1
+    assert durations['{endpoint="/readyz",status="200"}'] >= 1
+    assert not any("scanner" in key for key in durations)
+    assert "scanner" not in text
+    for task in TASKS:
+        assert metric_samples(text, "densepred_queue_wait_seconds_count")[f'{{task="{task}"}}'] == 1
+        assert metric_samples(text, "densepred_inference_duration_seconds_count")[f'{{task="{task}"}}'] == 1
+        assert metric_samples(text, "densepred_queue_depth")[f'{{task="{task}"}}'] == 0
+    assert metric_samples(text, "densepred_requests_rejected_total")['{reason="invalid_image",task="detect"}'] == 1
+
+
+async def test_a_damaged_store_fails_startup(store: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "store"
+    shutil.copytree(store / "segment", damaged / "segment")
+    weights = damaged / "segment" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(RuntimeError, match="startup failed"):
+        async with serve(settings_for(damaged, tasks="segment")):
+            pass
+    with pytest.raises(RuntimeError, match="startup failed"):
+        async with serve(settings_for(damaged, tasks="detect")):  # no detect model at all
+            pass
+
+
+async def test_shutdown_answers_waiting_requests(store: Path, predictors: dict[str, Predictor]) -> None:
+    gate = threading.Event()
+    wrapped = WrappedPredictor(predictors["segment"], before_batch=lambda images: gate.wait(30) or None)
+    settings = settings_for(store, tasks="segment", max_batch_size=1, max_wait_ms=0)
+    app = create_app(settings, lambda task, device: wrapped)
+    async with lifespan(app) as state:
+        transport = httpx.ASGITransport(app=lambda s, r, w: app({**s, "state": dict(state)}, r, w))
+        client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        while (await client.get("/readyz")).status_code != 200:
+            await asyncio.sleep(0.02)
+        data = encode(blocks_image(503, 32, 32))
+        pending = [asyncio.create_task(client.post("/segment", **as_raw(data))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+    gate.set()  # the lifespan has ended: nobody is left waiting on the model
+    statuses = [r.status_code for r in await asyncio.gather(*pending)]
+    assert statuses == [503, 503, 503]
+    await client.aclose()
+
+
+def test_curl_examples_use_a_reachable_host(store: Path) -> None:
+    lines = curl_examples(settings_for(store, host="0.0.0.0", port=9000, tasks="instances"))
+    assert any("http://127.0.0.1:9000/instances" in line for line in lines)
+    assert not any("/detect" in line for line in lines)
