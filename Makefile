@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# An explicit DENSEPRED_MODEL_DIR in the environment wins, as it does for the service itself.
+MODEL_DIR := $(or $(DENSEPRED_MODEL_DIR),artifacts/models)
+
 serve: $(STAMP)
-	$(BIN)/python scripts/serve.py
+	$(BIN)/python -m trainer bootstrap --out $(MODEL_DIR) --data artifacts/shapes
+	DENSEPRED_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m service
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

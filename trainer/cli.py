@@ -11,6 +11,7 @@ from pathlib import Path
 from models import DEFAULT_ARCH, TASKS, Category, StoreError, arch_names, get_arch, load_predictor
 from models.checkpoints import import_torchvision_checkpoint
 from trainer import synth
+from trainer.bootstrap import bootstrap
 from trainer.data import CocoDataset
 from trainer.evaluate import evaluate
 from trainer.presets import PRESETS, get_preset
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--categories", help="comma-separated names for ids 1..N (default: COCO/VOC names by size)")
+
+    p = sub.add_parser("bootstrap", help="train every task the store lacks (quick preset), generating data if needed")
+    p.add_argument("--out", type=Path, required=True, help="model store")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (generated when absent)")
+    p.add_argument("--preset", choices=PRESETS, default="quick")
+    p.add_argument("--device", default="auto")
 
     sub.add_parser("archs", help="list the architectures per task")
     return parser
@@ -111,13 +118,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    bootstrap(args.out, args.data, args.preset, args.device)
+    return 0
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     _emit({task: arch_names(task) for task in TASKS})
     return 0
 
 
 COMMANDS = {"synth": cmd_synth, "train": cmd_train, "eval": cmd_eval, "import-torchvision": cmd_import,
-            "archs": cmd_archs}  # fmt: skip
+            "bootstrap": cmd_bootstrap, "archs": cmd_archs}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from models import Category
 
@@ -68,7 +68,9 @@ class CocoDataset(Dataset[tuple[Tensor, Target]]):
 
     def read_image(self, index: int) -> Tensor:
         info = self.coco.imgs[self.image_ids[index]]
-        return decode_image(read_file(str(self.root / "images" / info["file_name"])), mode=ImageReadMode.RGB)
+        with Image.open(self.root / "images" / info["file_name"]) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image = self.read_image(index)

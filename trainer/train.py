@@ -93,6 +93,10 @@ def _evaluate_val(job: TrainJob, model: nn.Module, manifest: Manifest) -> dict[s
 def warm_start(model: nn.Module, source: Path, task: str) -> None:
     """Copy every tensor whose name and shape match; heads of a different class count start fresh."""
     weights = _read_init_weights(source, task)
+    # R-CNN backbones sit under `backbone.body.` (FPN wrapper); the small FCN's under `backbone.`.
+    weights |= {
+        "backbone." + k.removeprefix("backbone.body."): v for k, v in weights.items() if k.startswith("backbone.body.")
+    }
     own = model.state_dict()
     matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)

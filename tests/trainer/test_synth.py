@@ -28,9 +28,6 @@ from trainer.synth import (
     render_scene,
 )
 
-# pycocotools' own decode() trips numpy 2's copy-keyword deprecation; nothing this project can change.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
 SEED = 3
 MIN_SIDE, MAX_SIDE = 120, 320  # smaller than the defaults to keep the file fast
 

@@ -1,0 +1,95 @@
+"""The trainer CLI end to end at smoke scale: synth → train → eval → a store entry that loads and predicts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import detection
+
+from models import Detections, SemanticMap, load_predictor, read_manifest
+from trainer.cli import main
+from trainer.data import CocoDataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    # The module entry point, as a user runs it.
+    cmd = [sys.executable, "-m", "trainer", "synth", "--out", str(out), "--train", "24", "--val", "8", "--seed", "1"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    for task in ("segment", "detect", "instances"):
+        argv = ["train", "--task", task, "--data", str(shapes), "--out", str(store), "--preset", "smoke"]
+        assert main([*argv, "--no-progress"]) == 0
+    return store
+
+
+@pytest.mark.parametrize("task", ["segment", "detect", "instances"])
+def test_smoke_training_writes_an_entry_that_loads_and_predicts(shapes: Path, store: Path, task: str) -> None:
+    manifest = read_manifest(store, task)
+    assert manifest.trained["preset"] == "smoke"
+    assert manifest.trained["steps"] > 0
+    assert manifest.trained["seconds"] < 60
+    assert [c.name for c in manifest.categories] == ["circle", "square", "triangle"]
+    assert "val" in manifest.metrics
+    predictor = load_predictor(store, task)
+    val = CocoDataset(shapes, "val", task)
+    images = [val.read_image(0), val.read_image(1)]
+    for image, result in zip(images, predictor.predict(images), strict=True):
+        if task == "segment":
+            assert isinstance(result, SemanticMap)
+            assert result.labels.shape == image.shape[-2:]
+            assert int(result.labels.max()) <= 3
+        else:
+            assert isinstance(result, Detections)
+            assert result.boxes.shape[1] == 4
+
+
+def test_eval_prints_coco_metrics_as_json(shapes: Path, store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for task, keys in (("detect", {"bbox"}), ("instances", {"bbox", "segm"}), ("segment", {"mIoU", "iou"})):
+        assert main(["eval", "--task", task, "--data", str(shapes), "--model", str(store)]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert keys <= set(report)
+        assert report["images"] == 8
+        if task != "segment":
+            assert 0.0 <= report["bbox"]["mAP50"] <= 1.0
+        else:
+            assert set(report["iou"]) <= {"background", "circle", "square", "triangle"}
+
+
+def test_instances_can_start_from_the_detector(shapes: Path, store: Path, tmp_path: Path) -> None:
+    argv = ["train", "--task", "instances", "--data", str(shapes), "--out", str(tmp_path), "--preset", "smoke"]
+    assert main([*argv, "--steps", "1", "--no-progress", "--init-from", str(store / "detect")]) == 0
+    detector = load_predictor(store, "detect").model.state_dict()
+    tuned = load_predictor(tmp_path, "instances").model.state_dict()
+    key = "backbone.body.stem.0.0.weight"
+    # One step of AdamW moves weights by about lr; a fresh init would be far away.
+    assert (tuned[key] - detector[key]).abs().max() < 1e-2
+    assert read_manifest(tmp_path, "instances").trained["init_from"] == str(store / "detect")
+
+
+def test_import_torchvision_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    argv = ["import-torchvision", "--task", "detect", "--arch", "fasterrcnn_mobilenet_v3_large_320_fpn"]
+    assert main([*argv, "--weights", str(tmp_path / "m.pth"), "--out", str(tmp_path), "--categories", "cat,dog"]) == 0
+    assert json.loads(capsys.readouterr().out)["imported"] == str(tmp_path / "detect")
+    assert read_manifest(tmp_path, "detect").category_names() == {1: "cat", 2: "dog"}
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["train", "--task", "detect", "--data", str(tmp_path / "missing"), "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2
+    assert "no train annotations" in caplog.text
+    assert main(["eval", "--task", "segment", "--data", str(tmp_path), "--model", str(tmp_path)]) == 2
+    assert "no model for task 'segment'" in caplog.text
