@@ -93,3 +93,17 @@ def test_user_errors_exit_2_with_a_message(tmp_path: Path, caplog: pytest.LogCap
     assert "no train annotations" in caplog.text
     assert main(["eval", "--task", "segment", "--data", str(tmp_path), "--model", str(tmp_path)]) == 2
     assert "no model for task 'segment'" in caplog.text
+
+
+def test_init_from_a_hostile_pickle_runs_no_code(shapes: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
+            return (open, (str(marker), "w"))
+
+    torch.save({"model": {"backbone.weight": Exploit()}}, tmp_path / "evil.pth")
+    argv = ["train", "--task", "detect", "--data", str(shapes), "--out", str(tmp_path), "--preset", "smoke"]
+    assert main([*argv, "--no-progress", "--init-from", str(tmp_path / "evil.pth")]) == 2
+    assert not marker.exists()
+    assert not (tmp_path / "detect").exists()
