@@ -69,7 +69,7 @@ class CocoDataset(Dataset[tuple[Tensor, Target]]):
     def read_image(self, index: int) -> Tensor:
         info = self.coco.imgs[self.image_ids[index]]
         with Image.open(self.root / "images" / info["file_name"]) as image:
-            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.array(image.convert("RGB"))  # a writable copy for torch.from_numpy
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:

@@ -76,6 +76,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
         load_predictor(tmp_path, "detect")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile file's own protocol
 def test_malicious_pickle_is_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
