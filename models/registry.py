@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 from torch import nn
 from torchvision.models import detection, segmentation
 
-from models.small import SkipFCN, small_faster_rcnn, small_mask_rcnn
+from models.small import ROI_OPS, SKIPS, SkipFCN, small_faster_rcnn, small_mask_rcnn
 
 Task = Literal["segment", "detect", "instances"]
 TASKS: tuple[Task, ...] = get_args(Task)
@@ -43,6 +43,19 @@ class ArchSpec:
     builder: Builder
     input: Mapping[str, Any]
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Builder keywords a user may choose (the trainer's ablation flags), with their allowed values.
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def with_choices(self, **chosen: Any) -> dict[str, Any]:
+        """The options to build (and record in the manifest) with `chosen` applied; refuses what is not offered."""
+        for key, value in chosen.items():
+            if key not in self.choices:
+                offered = ", ".join(self.choices) or "none"
+                raise ValueError(f"{self.name} has no option {key!r} (its options: {offered})")
+            if value not in self.choices[key]:
+                allowed = ", ".join(map(str, self.choices[key]))
+                raise ValueError(f"{self.name}: {key} must be one of {allowed}, not {value!r}")
+        return {**self.options, **chosen}
 
     def build(self, num_classes: int, input: Mapping[str, Any] | None = None, **options: Any) -> nn.Module:
         """Build an untrained model; `input` overrides resize settings, `options` the builder's keywords."""
@@ -102,7 +115,7 @@ DEFAULT_ARCH: dict[str, str] = {"segment": "fcn_small", "detect": "fasterrcnn_sm
 # aux_loss=True keeps the state dict identical to torchvision's published FCN checkpoints.
 register(ArchSpec("segment", "fcn_resnet50", _no_weights(segmentation.fcn_resnet50), FCN_INPUT, {"aux_loss": True}))
 register(ArchSpec("segment", "fcn_resnet101", _no_weights(segmentation.fcn_resnet101), FCN_INPUT, {"aux_loss": True}))
-register(ArchSpec("segment", "fcn_small", SkipFCN, SMALL_FCN_INPUT))
+register(ArchSpec("segment", "fcn_small", SkipFCN, SMALL_FCN_INPUT, choices={"skips": SKIPS}))
 for _name in (
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
@@ -111,7 +124,7 @@ for _name in (
 ):
     _input = {**RCNN_INPUT, "min_size": 320, "max_size": 640} if _name.endswith("320_fpn") else RCNN_INPUT
     register(ArchSpec("detect", _name, _no_weights(getattr(detection, _name)), _input))
-register(ArchSpec("detect", "fasterrcnn_small", small_faster_rcnn, SMALL_RCNN_INPUT))
+register(ArchSpec("detect", "fasterrcnn_small", small_faster_rcnn, SMALL_RCNN_INPUT, choices={"roi_op": ROI_OPS}))
 for _name in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
     register(ArchSpec("instances", _name, _no_weights(getattr(detection, _name)), RCNN_INPUT))
-register(ArchSpec("instances", "maskrcnn_small", small_mask_rcnn, SMALL_RCNN_INPUT))
+register(ArchSpec("instances", "maskrcnn_small", small_mask_rcnn, SMALL_RCNN_INPUT, choices={"roi_op": ROI_OPS}))

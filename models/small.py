@@ -18,10 +18,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import LevelMapper, _setup_scales
 
 DEFAULT_WIDTHS = (24, 48, 96, 192)
+SKIPS = ("32s", "16s", "8s")
+ROI_OPS = ("align", "pool")
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -65,14 +68,17 @@ class SkipFCN(nn.Module):
 
     def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, skips: str = "8s"):
         super().__init__()
-        if skips not in ("32s", "16s", "8s"):
-            raise ValueError(f"skips must be 32s, 16s or 8s, not {skips!r}")
+        if skips not in SKIPS:
+            raise ValueError(f"skips must be one of {', '.join(SKIPS)}, not {skips!r}")
         self.skips = skips
         self.backbone = TinyBackbone(widths)
         _, w1, w2, w3 = widths
         self.head32 = nn.Sequential(_conv_bn_relu(w3, w3), nn.Dropout2d(0.1), nn.Conv2d(w3, num_classes, 1))
-        self.score16 = nn.Conv2d(w2, num_classes, 1)
-        self.score8 = nn.Conv2d(w1, num_classes, 1)
+        # Only the skips in use exist: DistributedDataParallel refuses parameters that get no gradient.
+        if skips in ("16s", "8s"):
+            self.score16 = nn.Conv2d(w2, num_classes, 1)
+        if skips == "8s":
+            self.score8 = nn.Conv2d(w1, num_classes, 1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
@@ -103,13 +109,48 @@ def tiny_fpn_backbone(widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, out_ch
     )
 
 
-def _small_rcnn_parts(out_channels: int, num_classes: int) -> dict[str, Any]:
+class MultiScaleRoIPool(MultiScaleRoIAlign):
+    """RoI max pooling (Fast R-CNN) on FPN levels, each box on the level MultiScaleRoIAlign would pick.
+
+    The `roi_op="pool"` ablation of the Mask R-CNN paper: coordinates snap to the feature grid and bins
+    are max-pooled, where RoIAlign samples bilinearly at exact positions. No parameters: the state dict
+    is the same for both ops.
+    """
+
+    scales: list[float] | None
+    map_levels: LevelMapper | None
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        features = [x[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            # torchvision's own scale inference and FPN-paper level mapper (eq. 1), as MultiScaleRoIAlign uses.
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        levels = self.map_levels(boxes)
+        pooled = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            index = torch.where(levels == level)[0]
+            pooled[index] = roi_pool(feature, rois[index], self.output_size, scale).to(pooled.dtype)
+        return pooled
+
+
+def _roi_pooler(roi_op: str, output_size: int) -> MultiScaleRoIAlign:
+    if roi_op not in ROI_OPS:
+        raise ValueError(f"roi_op must be one of {', '.join(ROI_OPS)}, not {roi_op!r}")
+    if roi_op == "pool":
+        return MultiScaleRoIPool(["0", "1", "2"], output_size=output_size, sampling_ratio=0)
+    return MultiScaleRoIAlign(["0", "1", "2"], output_size=output_size, sampling_ratio=2)
+
+
+def _small_rcnn_parts(out_channels: int, num_classes: int, roi_op: str) -> dict[str, Any]:
     # Strides 8/16/32/64 with two sizes each cover shapes from ~20 px to the whole image.
     anchors = AnchorGenerator(sizes=((16, 24), (32, 48), (64, 96), (128, 192)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     representation = 256
     return {
         "rpn_anchor_generator": anchors,
-        "box_roi_pool": MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
+        "box_roi_pool": _roi_pooler(roi_op, 7),
         "box_head": TwoMLPHead(out_channels * 7 * 7, representation),
         "box_predictor": FastRCNNPredictor(representation, num_classes),
         "rpn_pre_nms_top_n_train": 600,
@@ -120,18 +161,20 @@ def _small_rcnn_parts(out_channels: int, num_classes: int) -> dict[str, Any]:
     }
 
 
-def small_faster_rcnn(num_classes: int, out_channels: int = 64, **kwargs: Any) -> FasterRCNN:
-    parts = _small_rcnn_parts(out_channels, num_classes)
+def small_faster_rcnn(num_classes: int, out_channels: int = 64, roi_op: str = "align", **kwargs: Any) -> FasterRCNN:
+    """`roi_op` picks how box features are cropped: "align" (RoIAlign) or "pool" (RoI max pooling)."""
+    parts = _small_rcnn_parts(out_channels, num_classes, roi_op)
     return FasterRCNN(tiny_fpn_backbone(out_channels=out_channels), num_classes=None, **parts, **kwargs)
 
 
-def small_mask_rcnn(num_classes: int, out_channels: int = 64, **kwargs: Any) -> MaskRCNN:
-    parts = _small_rcnn_parts(out_channels, num_classes)
+def small_mask_rcnn(num_classes: int, out_channels: int = 64, roi_op: str = "align", **kwargs: Any) -> MaskRCNN:
+    """`roi_op` as for small_faster_rcnn, for both the box and the mask head."""
+    parts = _small_rcnn_parts(out_channels, num_classes, roi_op)
     mask_width = 64
     return MaskRCNN(
         tiny_fpn_backbone(out_channels=out_channels),
         num_classes=None,
-        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=14, sampling_ratio=2),
+        mask_roi_pool=_roi_pooler(roi_op, 14),
         mask_head=MaskRCNNHeads(out_channels, (mask_width,) * 4, dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_width, mask_width, num_classes),
         **parts,

@@ -46,5 +46,6 @@ def bootstrap(store: Path, data: Path, preset: str = "quick", device: str = "aut
         job = TrainJob(task=task, data=data, out=store, arch=DEFAULT_ARCH[task], preset=preset, config=config,
                        device=resolve_device(device), init_from=init_from, progress=progress)  # fmt: skip
         manifest = run(job)
+        assert manifest is not None  # a single process is its own rank 0
         log.info("%s: %s in %.0f s", task, manifest.metrics.get("val"), manifest.trained["seconds"])
     log.info("trained %s in %.0f s", ", ".join(todo), time.perf_counter() - started)

@@ -1,4 +1,7 @@
-"""`python -m trainer {synth,train,eval,import-torchvision}`: the offline half of densepred."""
+"""`python -m trainer {synth,train,eval,import-torchvision,bootstrap,archs}`: the offline half of densepred.
+
+Data-parallel training goes through the standard launcher: `torchrun --nproc_per_node=N -m trainer train ...`.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,69 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from models import DEFAULT_ARCH, TASKS, Category, StoreError, arch_names, get_arch, load_predictor
 from models.checkpoints import import_torchvision_checkpoint
+from models.small import ROI_OPS, SKIPS
 from trainer import synth
 from trainer.bootstrap import bootstrap
-from trainer.data import CocoDataset
+from trainer.datasets import open_dataset
 from trainer.evaluate import evaluate
 from trainer.presets import PRESETS, get_preset
-from trainer.train import TrainJob, resolve_device, run
+from trainer.train import TrainJob, load_job, resolve_device, run
+from trainer.transfer import INIT_SCOPES
+
+LAYOUTS = ("COCO layout: images/ and annotations/{train,val}.json; or VOC layout (segment only): JPEGImages/, "
+           "SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")  # fmt: skip
+ARCH_CHOICES = ("roi_op", "skips")
+# What a resumed run takes from its run.json rather than from the command line.
+JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "seed", "init_from", "init_scope",
+             "freeze_stages", *ARCH_CHOICES, "run_dir", "checkpoint_every")  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train", help="train one task on a COCO- or VOC-layout dataset and export it to the store")
+    p.add_argument("--task", choices=TASKS, help="required unless --resume")
+    p.add_argument("--data", type=Path, help=f"dataset folder; required unless --resume. {LAYOUTS}")
+    p.add_argument("--out", type=Path, help="model store; writes OUT/<task>/; required unless --resume")
+    p.add_argument("--arch", help="architecture (default: the task's small model); see the 'archs' command")
+    p.add_argument("--preset", choices=PRESETS, help="smoke, quick (default) or full")
+    p.add_argument("--steps", type=int, help="override the preset's optimizer steps")
+    p.add_argument("--batch-size", type=int, help="images per step and process")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, help="default 0; a seeded CPU run is reproducible")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on for CUDA only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g = p.add_argument_group("transfer learning")
+    g.add_argument("--init-from", type=Path, help="store entry/root or torchvision .pth to start from")
+    g.add_argument("--init-scope", choices=INIT_SCOPES, help="copy every tensor that fits (all, default) or backbone.*")
+    g.add_argument("--freeze-stages", type=_non_negative, help="freeze the first K backbone stages (ResNet: stem, "
+                   "layer1..4; the small models: stem, layer2..4)")  # fmt: skip
+    g = p.add_argument_group("ablations (recorded as architecture options)")
+    g.add_argument("--roi-op", choices=ROI_OPS, help="RoIAlign or RoI max pooling in the small R-CNNs' heads")
+    g.add_argument("--skips", choices=SKIPS, help="FCN-32s, -16s or -8s (fcn_small)")
+    g = p.add_argument_group("run folder")
+    g.add_argument("--run-dir", type=Path, help="for metrics.csv, checkpoint.pt, plots (artifacts/runs/<task>-<UTC>)")
+    g.add_argument("--checkpoint-every", type=_positive, help="steps between checkpoints (default 200, and the last)")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, "
+                   "with its own settings (only --device, --amp and --no-progress may change)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,23 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=100, help="validation images")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("train", help="train one task on a COCO-format dataset and export it to the store")
-    p.add_argument("--task", choices=TASKS, required=True)
-    p.add_argument("--data", type=Path, required=True, help="dataset folder: images/ and annotations/{train,val}.json")
-    p.add_argument("--out", type=Path, required=True, help="model store; writes OUT/<task>/")
-    p.add_argument("--arch", help="architecture (default: the task's small model); see --help of 'archs'")
-    p.add_argument("--preset", choices=PRESETS, default="quick")
-    p.add_argument("--steps", type=int, help="override the preset's optimizer steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", type=Path, help="store entry/root or torchvision .pth to start from")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    _add_train_parser(sub)
 
     p = sub.add_parser("eval", help="evaluate a stored model on a dataset split; prints JSON")
     p.add_argument("--task", choices=TASKS, required=True)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help=LAYOUTS)
     p.add_argument("--model", type=Path, required=True, help="model store root")
     p.add_argument("--split", default="val")
     p.add_argument("--device", default="auto")
@@ -79,31 +123,43 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    arch = args.arch or DEFAULT_ARCH[args.task]
-    get_arch(args.task, arch)  # fail fast on a bad name
-    config = get_preset(args.task, args.preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
-    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    job = TrainJob(
-        task=args.task,
-        data=args.data,
-        out=args.out,
-        arch=arch,
-        preset=args.preset,
-        config=config,
-        device=resolve_device(args.device),
-        seed=args.seed,
-        init_from=args.init_from,
-        progress=not args.no_progress,
-    )
-    manifest = run(job)
-    _emit({"task": manifest.task, "arch": manifest.arch, "version": manifest.version,
-           "trained": manifest.trained, "metrics": manifest.metrics})  # fmt: skip
+    resume = args.resume is not None
+    manifest = run(_resumed_job(args) if resume else _new_job(args), resume=resume)
+    if manifest is not None:  # None on torchrun's other ranks: rank 0 reports
+        _emit({"task": manifest.task, "arch": manifest.arch, "version": manifest.version,
+               "trained": manifest.trained, "metrics": manifest.metrics})  # fmt: skip
     return 0
+
+
+def _new_job(args: argparse.Namespace) -> TrainJob:
+    missing = [f"--{name}" for name in ("task", "data", "out") if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"train needs {', '.join(missing)} (or --resume RUN_DIR)")
+    arch = args.arch or DEFAULT_ARCH[args.task]
+    options = {name: getattr(args, name) for name in ARCH_CHOICES if getattr(args, name) is not None}
+    get_arch(args.task, arch).with_choices(**options)  # fail fast on a bad name or an option it lacks
+    preset = args.preset or "quick"
+    config = get_preset(args.task, preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
+    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+    given = {name: getattr(args, name) for name in ("seed", "init_from", "init_scope", "freeze_stages", "amp",
+                                                    "run_dir", "checkpoint_every")}  # fmt: skip
+    return TrainJob(task=args.task, data=args.data, out=args.out, arch=arch, preset=preset, config=config,
+                    device=resolve_device(args.device), options=options, progress=not args.no_progress,
+                    **{name: value for name, value in given.items() if value is not None})  # fmt: skip
+
+
+def _resumed_job(args: argparse.Namespace) -> TrainJob:
+    """The interrupted run's own job: anything that would make it a different run is refused."""
+    given = [f"--{name.replace('_', '-')}" for name in JOB_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--resume continues a run with its recorded settings; drop {', '.join(given)}")
+    job = load_job(args.resume, resolve_device(args.device), progress=not args.no_progress)
+    return replace(job, amp=args.amp) if args.amp is not None else job
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.task, resolve_device(args.device))
-    dataset = CocoDataset(args.data, args.split, args.task)
+    dataset = open_dataset(args.data, args.split, args.task)
     _emit(evaluate(predictor, dataset, limit=args.limit))
     return 0
 

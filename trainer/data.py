@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,25 @@ def annotation_mask(ann: dict[str, Any], height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle)
 
 
-class CocoDataset(Dataset[tuple[Tensor, Target]]):
+class TrainingData(Dataset[tuple[Tensor, Target]], ABC):
+    """What training, evaluation and the plots need from a dataset, whatever its layout (COCO or VOC)."""
+
+    task: str
+    categories: list[Category]
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def read_image(self, index: int) -> Tensor:
+        """The image as a uint8 CHW tensor, as the service would receive it."""
+
+    @abstractmethod
+    def semantic_truth(self, index: int) -> Tensor:
+        """The class map segmentation is scored against: int64 HxW, 0 background, 255 ignored."""
+
+
+class CocoDataset(TrainingData):
     """Images as uint8 CHW tensors with task targets; `train=True` adds horizontal flips."""
 
     def __init__(self, data: Path | str, split: str, task: str, train: bool = False) -> None:
@@ -71,6 +89,12 @@ class CocoDataset(Dataset[tuple[Tensor, Target]]):
         with Image.open(self.root / "images" / info["file_name"]) as image:
             pixels = np.array(image.convert("RGB"))  # a writable copy for torch.from_numpy
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+    def semantic_truth(self, index: int) -> Tensor:
+        # The class map it trains on: painted from the instance masks.
+        info = self.coco.imgs[self.image_ids[index]]
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.image_ids[index]))
+        return semantic_target(anns, int(info["height"]), int(info["width"]))["mask"]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image = self.read_image(index)
@@ -145,8 +169,3 @@ def segmentation_batch(
         batch[i, :, : x.shape[-2], : x.shape[-1]] = x
         labels[i, : y.shape[-2], : y.shape[-1]] = y
     return batch, labels
-
-
-def forever(loader: torch.utils.data.DataLoader[Any]) -> Iterator[Any]:
-    while True:
-        yield from loader

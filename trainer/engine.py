@@ -1,36 +1,30 @@
-"""The training loop: data → model → summed losses → optimizer, with a progress bar showing loss and ETA."""
+"""The training loop: data → model → summed losses → optimizer, one step at a time from wherever a run stands."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from trainer.data import IGNORE, CocoDataset, Target, collate, forever, segmentation_batch
+from trainer.checkpoint import TrainState
+from trainer.data import IGNORE, Target, segmentation_batch
+from trainer.precision import Precision
 from trainer.presets import TrainConfig
 
-
-@dataclass
-class TrainResult:
-    steps: int
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
+StepHook = Callable[[TrainState, dict[str, float]], None]
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def warmup_cosine(warmup: int, total: int, floor: float = 0.05) -> Any:
@@ -74,42 +68,58 @@ class LossComputer:
         return losses
 
 
-def train(
-    model: nn.Module,
-    dataset: CocoDataset,
-    config: TrainConfig,
-    input_spec: dict[str, Any],
-    device: torch.device,
-    seed: int,
-    progress: bool = True,
-) -> TrainResult:
-    generator = seed_everything(seed)
-    loader = DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=True, collate_fn=collate, drop_last=True, generator=generator
-    )
-    batches = forever(loader)
-    compute_losses = LossComputer(dataset.task, device, input_spec, config.scale_jitter)
-    model.to(device).train()
+def make_state(model: nn.Module, config: TrainConfig, precision: Precision) -> TrainState:
+    """AdamW over the trainable parameters (frozen stages excluded), warmup then cosine decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
-    result = TrainResult(steps=config.steps, seconds=0.0)
-    start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=f"train {dataset.task}", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    return TrainState(model, optimizer, schedule, precision.grad_scaler())
+
+
+def train_steps(
+    network: nn.Module,
+    state: TrainState,
+    batches: Iterator[tuple[list[Tensor], list[Target]]],
+    compute_losses: LossComputer,
+    total_steps: int,
+    precision: Precision,
+    after_step: StepHook | None = None,
+) -> None:
+    """Optimizer steps from `state.step` up to `total_steps`.
+
+    `network` is what to call: the model itself, or its DistributedDataParallel wrapper (which averages the
+    gradients across processes during backward). `after_step` sees the state and the step's record.
+    """
+    while state.step < total_steps:
+        started = time.perf_counter()
         images, targets = next(batches)
-        losses = compute_losses(model, images, targets)
-        loss = sum(losses.values(), torch.zeros((), device=device))
+        with precision.autocast():
+            losses = compute_losses(network, images, targets)
+        losses = {name: value.float() for name, value in losses.items()}
+        loss = torch.stack(list(losses.values())).sum()
         if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {step}: { {k: v.item() for k, v in losses.items()} }")
-        optimizer.zero_grad(set_to_none=True)
+            raise RuntimeError(f"non-finite loss at step {state.step}: { {k: v.item() for k, v in losses.items()} }")
+        lr = state.optimizer.param_groups[0]["lr"]
+        optimize(state, loss)
+        state.step += 1
+        state.seconds += time.perf_counter() - started
+        if after_step is not None:
+            terms = {name: value.item() for name, value in losses.items()}
+            after_step(state, {"step": state.step, "lr": lr, "loss": loss.item(), **terms})
+
+
+def optimize(state: TrainState, loss: Tensor, max_norm: float = 10.0) -> None:
+    """Backward, clip, step; through the float16 loss scaler when there is one."""
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is None:
         loss.backward()
-        nn.utils.clip_grad_norm_(params, max_norm=10.0)
-        optimizer.step()
-        schedule.step()
-        record = {"step": float(step), "loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
-        result.history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{schedule.get_last_lr()[0]:.1e}")
-    result.seconds = time.perf_counter() - start
-    model.eval()
-    return result
+        nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+        state.optimizer.step()
+    else:
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    state.schedule.step()

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from models import Detections, Predictor, Query, SemanticMap
-from trainer.data import IGNORE, CocoDataset, semantic_target
+from trainer.data import IGNORE, CocoDataset, TrainingData
 
 # Keep everything the model found (down to its score floor): COCO mAP integrates over all scores.
 EVAL_QUERY = Query(score_threshold=0.0, max_detections=100)
@@ -20,11 +20,13 @@ STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
 
 
 def evaluate(
-    predictor: Predictor, dataset: CocoDataset, limit: int | None = None, batch_size: int = 4
+    predictor: Predictor, dataset: TrainingData, limit: int | None = None, batch_size: int = 4
 ) -> dict[str, Any]:
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
     if predictor.task == "segment":
         return _evaluate_segmentation(predictor, dataset, indices, batch_size)
+    if not isinstance(dataset, CocoDataset):  # COCOeval scores against the dataset's own COCO annotations
+        raise ValueError(f"{predictor.task} evaluation needs a COCO-format dataset")
     return _evaluate_detection(predictor, dataset, indices, batch_size)
 
 
@@ -81,18 +83,16 @@ def _coco_stats(
 
 
 def _evaluate_segmentation(
-    predictor: Predictor, dataset: CocoDataset, indices: list[int], batch_size: int
+    predictor: Predictor, dataset: TrainingData, indices: list[int], batch_size: int
 ) -> dict[str, Any]:
     num_classes = predictor.manifest.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for chunk in _batches(indices, batch_size):
         images = [dataset.read_image(i) for i in chunk]
         results = predictor.predict(images)
-        for i, image, result in zip(chunk, images, results, strict=True):
+        for i, result in zip(chunk, results, strict=True):
             assert isinstance(result, SemanticMap)
-            image_id = dataset.image_ids[i]
-            anns = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=image_id))
-            truth = semantic_target(anns, image.shape[-2], image.shape[-1])["mask"].flatten()
+            truth = dataset.semantic_truth(i).flatten()
             predicted = result.labels.long().flatten()
             valid = truth != IGNORE
             confusion += torch.bincount(
@@ -101,7 +101,7 @@ def _evaluate_segmentation(
     return segmentation_scores(confusion, dataset, len(indices))
 
 
-def segmentation_scores(confusion: torch.Tensor, dataset: CocoDataset, images: int) -> dict[str, Any]:
+def segmentation_scores(confusion: torch.Tensor, dataset: TrainingData, images: int) -> dict[str, Any]:
     """IoU per class present in the data (background included, as in the FCN paper's mean IU)."""
     names = {0: "background"} | {c.id: c.name for c in dataset.categories}
     intersection = confusion.diag().double()

@@ -1,22 +1,35 @@
-"""One training run: dataset → model (optionally warm-started) → train → evaluate → export to the store."""
+"""One training run: dataset → model (optionally warm-started) → train → evaluate → export to the store.
+
+The run's folder (`--run-dir`) holds `run.json` (this job), `metrics.csv`, `checkpoint.pt`, `loss.png` and
+`val_overlay.png`; `--resume RUN_DIR` continues from its checkpoint. Under torchrun every process trains
+its share of each batch and rank 0 alone writes the run folder and the store.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from models import Manifest, build_model, get_arch, make_predictor, save_entry
-from models.store import StoreError, load_entry, read_torchvision_checkpoint
-from trainer.data import CocoDataset
-from trainer.engine import train
+from trainer import distributed
+from trainer.checkpoint import CHECKPOINT_FILE, TrainState, load_checkpoint
+from trainer.data import TrainingData
+from trainer.datasets import open_dataset
+from trainer.engine import LossComputer, make_state, seed_everything, train_steps
 from trainer.evaluate import evaluate
+from trainer.plots import save_val_overlay
+from trainer.precision import Precision, choose_precision
 from trainer.presets import TrainConfig
+from trainer.runlog import JOB_FILE, Reporter, default_run_dir
+from trainer.sampling import EpochBatchSampler, batch_stream
+from trainer.transfer import freeze_stages, train_mode, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +45,23 @@ class TrainJob:
     device: torch.device
     seed: int = 0
     init_from: Path | None = None
+    init_scope: str = "all"  # or "backbone"
+    freeze_stages: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # architecture choices: roi_op, skips
+    amp: bool | None = None  # None: on for CUDA
+    run_dir: Path | None = None  # None: artifacts/runs/<task>-<UTC timestamp>
+    checkpoint_every: int = 200
     progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """What `--resume` needs to rebuild this job; device and progress bar belong to the machine."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("device", "progress")}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], device: torch.device, progress: bool = True) -> TrainJob:
+        paths = {k: Path(data[k]) if data.get(k) is not None else None for k in ("data", "out", "init_from", "run_dir")}
+        return cls(**{**data, **paths, "config": TrainConfig(**data["config"]), "device": device, "progress": progress})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,75 +70,122 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(job: TrainJob) -> Manifest:
-    dataset = CocoDataset(job.data, "train", job.task, train=True)
+def load_job(run_dir: Path, device: torch.device, progress: bool = True) -> TrainJob:
+    """The job a run folder records, to resume it (wherever the folder has moved since)."""
+    path = run_dir / JOB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {JOB_FILE})")
+    job = TrainJob.from_json(json.loads(path.read_text()), device, progress)
+    return replace(job, run_dir=run_dir)
+
+
+def run(job: TrainJob, resume: bool = False) -> Manifest | None:
+    """Train and export; returns the manifest written to the store (None on ranks other than 0)."""
+    procs = distributed.start(job.device)
+    try:
+        return _run(job, procs, resume)
+    finally:
+        procs.close()
+
+
+def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest | None:
+    seed_everything(job.seed)  # the same initial weights in every process and every rerun
+    dataset = open_dataset(job.data, "train", job.task, train=True)
+    model, manifest = build(job, dataset)
+    if job.init_from is not None and not resume:  # a resumed run's weights come from its checkpoint
+        warm_start(model, job.init_from, job.task, job.init_scope)
+    frozen = freeze_stages(model, job.freeze_stages)
+    precision = choose_precision(procs.device, job.amp)
+    state = make_state(model.to(procs.device), job.config, precision)
+    if resume:
+        assert job.run_dir is not None
+        load_checkpoint(job.run_dir / CHECKPOINT_FILE, state)  # restores the RNGs too
+        log.info("resuming %s at step %d of %d", job.run_dir, state.step, job.config.steps)
+    else:
+        # Augmentation and the model's own sampling (RPN, dropout) draw from here: one stream per rank.
+        seed_everything(job.seed + procs.rank)
+    sampler = EpochBatchSampler(len(dataset), job.config.batch_size, job.seed, procs.rank, procs.world_size)
+    batches = batch_stream(dataset, sampler, start_step=state.step)
+    compute_losses = LossComputer(job.task, procs.device, manifest.input, job.config.scale_jitter)
+    reporter = _reporter(job, resume, state.step, procs.world_size) if procs.is_main else None
+    train_mode(model, frozen)
+    network = distributed.wrap(model, procs)
+    train_steps(network, state, batches, compute_losses, job.config.steps, precision, reporter)
+    if reporter is None:
+        procs.barrier()  # while rank 0 evaluates and writes the store
+        return None
+    reporter.close()
+    manifest = _finish(replace(job, run_dir=reporter.run_dir), state, manifest, reporter.history, procs, precision)
+    procs.barrier()
+    return manifest
+
+
+def build(job: TrainJob, dataset: TrainingData) -> tuple[nn.Module, Manifest]:
+    """The untrained model, and the manifest describing how to rebuild it (architecture options included)."""
     if not dataset.categories:
         raise ValueError(f"{job.data} has no categories")
     num_classes = max(c.id for c in dataset.categories) + 1
     spec = get_arch(job.task, job.arch)
+    options = spec.with_choices(**job.options)
     input_spec = {**spec.input, **job.config.input}
-    model = build_model(job.task, job.arch, num_classes, input_spec)
-    if job.init_from is not None:
-        warm_start(model, job.init_from, job.task)
-    result = train(model, dataset, job.config, input_spec, job.device, job.seed, job.progress)
-    manifest = Manifest(
-        task=job.task,
-        arch=job.arch,
-        num_classes=num_classes,
-        categories=dataset.categories,
-        input=input_spec,
-        options=dict(spec.options),
-    )
-    metrics = _evaluate_val(job, model, manifest)
-    manifest.metrics = metrics
+    model = build_model(job.task, job.arch, num_classes, input_spec, **options)
+    manifest = Manifest(task=job.task, arch=job.arch, num_classes=num_classes, categories=dataset.categories,
+                        input=input_spec, options=options)  # fmt: skip
+    return model, manifest
+
+
+def _reporter(job: TrainJob, resume: bool, start_step: int, world_size: int) -> Reporter:
+    """Rank 0's log of the run; a new run first records itself in its folder, for `--resume`."""
+    run_dir = job.run_dir or default_run_dir(job.task)
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / JOB_FILE).write_text(json.dumps(replace(job, run_dir=run_dir).to_json(), indent=2))
+    log.info("run folder: %s", run_dir)
+    return Reporter(run_dir, f"train {job.task}", job.config.steps, job.checkpoint_every, start_step, world_size,
+                    progress=job.progress)  # fmt: skip
+
+
+def _finish(
+    job: TrainJob,
+    state: TrainState,
+    manifest: Manifest,
+    history: list[dict[str, float]],
+    procs: distributed.Processes,
+    precision: Precision,
+) -> Manifest:
+    """Rank 0 after the last step: val metrics and overlay, then the store entry."""
+    state.model.eval()
+    manifest.metrics = _evaluate_val(job, state.model, manifest, procs.device)
     manifest.trained = {
         "dataset": str(job.data),
         "preset": job.preset,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 1),
-        "device": str(job.device),
+        "steps": state.step,
+        "seconds": round(state.seconds, 1),
+        "device": str(procs.device),
+        "world_size": procs.world_size,
+        "precision": precision.name,
         "seed": job.seed,
         "config": asdict(job.config),
-        "final_loss": round(result.history[-1]["loss"], 4) if result.history else None,
+        "final_loss": round(history[-1]["loss"], 4) if history else None,
         "init_from": str(job.init_from) if job.init_from else None,
+        "init_scope": job.init_scope,
+        "freeze_stages": job.freeze_stages,
+        "run_dir": str(job.run_dir),
     }
-    save_entry(job.out, manifest, model.state_dict())
+    save_entry(job.out, manifest, state.model.state_dict())
     return manifest
 
 
-def _evaluate_val(job: TrainJob, model: nn.Module, manifest: Manifest) -> dict[str, Any]:
+def _evaluate_val(job: TrainJob, model: nn.Module, manifest: Manifest, device: torch.device) -> dict[str, Any]:
     try:
-        val = CocoDataset(job.data, "val", job.task)
+        val = open_dataset(job.data, "val", job.task)
     except FileNotFoundError:
         log.warning("no val split in %s: the manifest will carry no metrics", job.data)
         return {}
-    predictor = make_predictor(model, manifest, job.device)
+    predictor = make_predictor(model, manifest, device)
+    assert job.run_dir is not None
+    save_val_overlay(predictor, val, job.run_dir / "val_overlay.png")
     started = time.perf_counter()
     metrics = evaluate(predictor, val, limit=job.config.eval_images)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     return {"val": metrics}
-
-
-def warm_start(model: nn.Module, source: Path, task: str) -> None:
-    """Copy every tensor whose name and shape match; heads of a different class count start fresh."""
-    weights = _read_init_weights(source, task)
-    # R-CNN backbones sit under `backbone.body.` (FPN wrapper); the small FCN's under `backbone.`.
-    weights |= {
-        "backbone." + k.removeprefix("backbone.body."): v for k, v in weights.items() if k.startswith("backbone.body.")
-    }
-    own = model.state_dict()
-    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    log.info("init-from %s: %d of %d tensors loaded", source, len(matched), len(own))
-    if not matched:
-        raise ValueError(f"nothing in {source} matches the model's parameters")
-
-
-def _read_init_weights(source: Path, task: str) -> dict[str, Tensor]:
-    if source.is_file():
-        return read_torchvision_checkpoint(source)
-    # A store entry folder, or a store root holding one of any task (detect → instances transfer, say).
-    for folder in (source, *(source / t for t in (task, "detect", "instances", "segment"))):
-        if (folder / "manifest.json").is_file():
-            return load_entry(folder.parent, folder.name)[1]
-    raise StoreError(f"{source} is neither a checkpoint file nor a store entry")

@@ -30,7 +30,7 @@ def store(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store")
     for task in ("segment", "detect", "instances"):
         argv = ["train", "--task", task, "--data", str(shapes), "--out", str(store), "--preset", "smoke"]
-        assert main([*argv, "--no-progress"]) == 0
+        assert main([*argv, "--no-progress", "--run-dir", str(tmp_path_factory.mktemp(f"run-{task}"))]) == 0
     return store
 
 
@@ -69,7 +69,8 @@ def test_eval_prints_coco_metrics_as_json(shapes: Path, store: Path, capsys: pyt
 
 def test_instances_can_start_from_the_detector(shapes: Path, store: Path, tmp_path: Path) -> None:
     argv = ["train", "--task", "instances", "--data", str(shapes), "--out", str(tmp_path), "--preset", "smoke"]
-    assert main([*argv, "--steps", "1", "--no-progress", "--init-from", str(store / "detect")]) == 0
+    argv += ["--steps", "1", "--no-progress", "--run-dir", str(tmp_path / "run")]
+    assert main([*argv, "--init-from", str(store / "detect")]) == 0
     detector = load_predictor(store, "detect").model.state_dict()
     tuned = load_predictor(tmp_path, "instances").model.state_dict()
     key = "backbone.body.stem.0.0.weight"

@@ -1,0 +1,177 @@
+"""The training loop's parts: data order, mixed-precision choice, checkpoints, the run folder and its plots."""
+
+from __future__ import annotations
+
+import json
+import random
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from models import Detections, SemanticMap, read_manifest
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.cli import main
+from trainer.data import Target
+from trainer.engine import make_state, seed_everything
+from trainer.plots import draw_result
+from trainer.precision import Precision, choose_precision
+from trainer.presets import TrainConfig
+from trainer.runlog import METRICS_FILE, read_metrics
+from trainer.sampling import EpochBatchSampler, batch_stream
+
+
+class CountingData:
+    """Item i is the scalar tensor i; counts the items it loads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.loads = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        self.loads += 1
+        return torch.tensor(index), {}
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch() -> None:
+    sampler = EpochBatchSampler(10, 2, seed=5)
+    assert sampler.epoch_batches(3) == EpochBatchSampler(10, 2, seed=5).epoch_batches(3)
+    assert sampler.epoch_batches(0) != sampler.epoch_batches(1)
+    assert sampler.epoch_batches(0) != EpochBatchSampler(10, 2, seed=6).epoch_batches(0)
+    assert sorted(i for batch in sampler.epoch_batches(0) for i in batch) == list(range(10))
+
+
+def test_ranks_take_disjoint_equal_shares_of_each_epoch() -> None:
+    shares = [EpochBatchSampler(13, 2, seed=1, rank=r, world_size=3).epoch_batches(4) for r in range(3)]
+    assert [len(share) for share in shares] == [2, 2, 2]  # 13 // 3 = 4 images each: two steps in lockstep
+    taken = [i for share in shares for batch in share for i in batch]
+    assert len(taken) == len(set(taken)) == 12
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        EpochBatchSampler(5, 2, seed=0, world_size=4)
+
+
+def test_a_stream_reenters_at_any_step_without_loading_what_it_skips() -> None:
+    def ids(batches: list[tuple[list[Tensor], list[Target]]]) -> list[list[int]]:
+        return [[int(x) for x in images] for images, _ in batches]
+
+    full = ids(list(islice(batch_stream(CountingData(5), EpochBatchSampler(5, 2, seed=0)), 7)))  # type: ignore[arg-type]
+    data = CountingData(5)
+    resumed = ids(list(islice(batch_stream(data, EpochBatchSampler(5, 2, seed=0), start_step=3), 4)))  # type: ignore[arg-type]
+    assert resumed == full[3:]
+    assert data.loads == 8
+
+
+def test_amp_is_off_on_cpu_and_refused_there_when_asked_for() -> None:
+    precision = choose_precision(torch.device("cpu"))
+    assert (precision.dtype, precision.name, precision.grad_scaler()) == (None, "float32", None)
+    with precision.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert choose_precision(torch.device("cpu"), amp=False).dtype is None
+    with pytest.raises(ValueError, match="--amp needs a CUDA device"):
+        choose_precision(torch.device("cpu"), amp=True)
+
+
+@pytest.mark.parametrize(("bf16", "dtype", "scaled"), [(True, torch.bfloat16, False), (False, torch.float16, True)])
+def test_cuda_autocasts_to_bfloat16_where_supported_else_float16_with_loss_scaling(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, dtype: torch.dtype, scaled: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    precision = choose_precision(torch.device("cuda", 0))
+    assert (precision.dtype, precision.needs_scaler) == (dtype, scaled)
+    assert choose_precision(torch.device("cuda"), amp=False).dtype is None
+
+
+def test_checkpoint_restores_training_state_and_every_rng(tmp_path: Path) -> None:
+    state = make_state(nn.Linear(3, 2), TrainConfig(steps=4, batch_size=1, lr=0.1), Precision("cpu"))
+    state.model(torch.ones(1, 3)).sum().backward()
+    state.optimizer.step()
+    state.step = 1
+    seed_everything(1)
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    expected = (random.random(), np.random.rand(), torch.rand(1), np.random.normal())
+    weights = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+    seed_everything(2)
+    restored = make_state(nn.Linear(3, 2), TrainConfig(steps=4, batch_size=1, lr=0.1), Precision("cpu"))
+    load_checkpoint(tmp_path / "checkpoint.pt", restored)  # torch.load(weights_only=True) inside
+    assert (random.random(), np.random.rand(), torch.rand(1), np.random.normal()) == expected
+    assert restored.step == 1
+    assert all(torch.equal(v, weights[k]) for k, v in restored.model.state_dict().items())
+    assert restored.optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_run_folder_has_per_term_metrics_and_plots(tiny_shapes: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["train", "--task", "instances", "--data", str(tiny_shapes), "--out", str(tmp_path), "--preset", "smoke",
+            "--steps", "2", "--batch-size", "1", "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    rows = read_metrics(run_dir / METRICS_FILE)
+    assert list(rows[0]) == ["step", "lr", "loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                             "loss_rpn_box_reg"]  # fmt: skip
+    assert [row["step"] for row in rows] == [1, 2]
+    with Image.open(run_dir / "loss.png") as plot:
+        assert plot.format == "PNG"
+        assert plot.width >= 400
+    with Image.open(run_dir / "val_overlay.png") as grid:
+        assert grid.size == (2 * (256 + 4) + 4, 256 + 8)  # two val images in 256 px tiles
+    assert json.loads((run_dir / "run.json").read_text())["config"]["steps"] == 2
+    trained = read_manifest(tmp_path, "instances").trained
+    assert (trained["run_dir"], trained["world_size"], trained["precision"]) == (str(run_dir), 1, "float32")
+
+
+def test_overlays_draw_masks_and_boxes_where_predicted() -> None:
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    mask = torch.zeros(1, 40, 60, dtype=torch.bool)
+    mask[0, 10:20, 10:30] = True
+    found = Detections(torch.tensor([[10.0, 10, 30, 20]]), torch.tensor([2]), torch.tensor([0.9]), mask)
+    drawn = draw_result(image, found, {2: "square"})
+    assert drawn[:, 15, 20].any()  # mask fill
+    assert not drawn[:, 35, 50].any()  # untouched background
+    labels = torch.zeros(40, 60, dtype=torch.uint8)
+    labels[0:5, 0:5] = 1
+    painted = draw_result(image, SemanticMap(labels), {1: "circle"})
+    assert painted[:, 2, 2].any()
+    assert not painted[:, 30, 30].any()
+
+
+def test_ablation_flags_an_architecture_lacks_are_refused(
+    tiny_shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["train", "--task", "segment", "--data", str(tiny_shapes), "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--arch", "fcn_resnet50", "--skips", "16s"]) == 2
+    assert "fcn_resnet50 has no option 'skips'" in caplog.text
+    assert main([*argv, "--roi-op", "pool"]) == 2
+    assert "fcn_small has no option 'roi_op' (its options: skips)" in caplog.text
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_training_on_cuda(tiny_shapes: Path, tmp_path: Path) -> None:
+    argv = ["train", "--task", "instances", "--data", str(tiny_shapes), "--out", str(tmp_path), "--preset", "smoke",
+            "--steps", "3", "--batch-size", "2", "--device", "cuda", "--run-dir", str(tmp_path / "run"),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    trained = read_manifest(tmp_path, "instances").trained
+    assert trained["precision"] in ("bfloat16", "float16")
+    assert trained["device"].startswith("cuda")
+
+
+def test_tensorboard_gets_the_same_scalars_when_installed(tiny_shapes: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["train", "--task", "detect", "--data", str(tiny_shapes), "--out", str(tmp_path), "--preset", "smoke",
+            "--steps", "2", "--batch-size", "1", "--run-dir", str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/loss_box_reg", "train/lr"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]

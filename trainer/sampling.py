@@ -1,0 +1,67 @@
+"""Which images each step trains on: a pure function of (seed, epoch, rank), so any step can be re-entered.
+
+A resumed run at step s continues in epoch s // batches_per_epoch at batch s % batches_per_epoch, without
+loading the images it skips; under DistributedDataParallel each rank takes its own disjoint share of
+every epoch's permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from trainer.data import TrainingData, collate
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields the batches of one epoch (from `set_position`'s offset on) as lists of dataset indices."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.offset = 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{size} training images cannot fill one batch of {batch_size} per process "
+                f"({world_size} processes); lower --batch-size"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        # Every rank takes the same number of whole batches (DDP steps in lockstep); the remainder waits
+        # for the next epoch's permutation.
+        return self.size // self.world_size // self.batch_size
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        mine = order[self.rank :: self.world_size]
+        return [mine[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.batches_per_epoch)]
+
+    def set_position(self, epoch: int, offset: int = 0) -> None:
+        self.epoch, self.offset = epoch, offset
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.epoch_batches(self.epoch)[self.offset :]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.offset
+
+
+def batch_stream(dataset: TrainingData, sampler: EpochBatchSampler, start_step: int = 0) -> Iterator[Any]:
+    """Endless (images, targets) batches, the first being the one optimizer step `start_step` trains on."""
+    # A private generator: the DataLoader draws a worker base seed from it on every epoch, which would
+    # otherwise consume the global torch RNG and shift the run's randomness depending on where it resumed.
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
+    epoch, offset = divmod(start_step, sampler.batches_per_epoch)
+    while True:
+        sampler.set_position(epoch, offset)
+        yield from loader
+        epoch, offset = epoch + 1, 0
