@@ -24,7 +24,7 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy models service trainer
+	$(BIN)/mypy models service trainer client
 
 test: lint
 	$(BIN)/python -m pytest

@@ -92,6 +92,12 @@ class DetectionPredictor(Predictor):
 
     task = "detect"
 
+    def limit_detections(self, count: int) -> None:
+        """Keep at most `count` detections per image inside the model, before Mask R-CNN pastes masks."""
+        roi_heads = getattr(self.model, "roi_heads", None)
+        if roi_heads is not None:
+            roi_heads.detections_per_img = min(count, roi_heads.detections_per_img)
+
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]:
         outputs = self.model([self._to_device(img) for img in images])
         return [self._select(out, img, q) for out, img, q in zip(outputs, images, queries, strict=True)]

@@ -1,28 +1,96 @@
-"""`python -m service`: serve with uvicorn, one process, host and port from DENSEPRED_* settings."""
+"""`python -m service`: serve with uvicorn, one process, host and port from DENSEPRED_* settings.
+
+Shutdown, as orchestrators expect it: on SIGTERM `/readyz` turns 503 at once, the server keeps
+serving for DRAIN_DELAY_S (so load balancers stop routing here), then stops accepting connections,
+lets the requests in flight and in the queues finish (bounded by the request timeout), and exits 0.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
-from service.app import create_app
+from service.app import begin_drain, create_app
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with the shutdown above. A second signal skips the delay; a second Ctrl-C forces exit."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], drain_delay_s: float) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+        self._drain_delay_s = drain_delay_s
+        self._signalled = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's own handlers re-raise the signal once shut down, so the process would die of SIGTERM
+        # (status 143) after a clean drain; handling the signals here lets serve() return and exit 0.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._terminate)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+
+    def _terminate(self) -> None:
+        if self._signalled:
+            self.should_exit = True
+            return
+        self._signalled = True
+        self._on_signal()
+        log.info("SIGTERM: draining; closing the listener in %.3g s", self._drain_delay_s)
+        asyncio.get_running_loop().call_later(self._drain_delay_s, self._stop)
+
+    def _interrupt(self) -> None:
+        if self.should_exit:
+            self.force_exit = True
+            return
+        self._on_signal()
+        self._stop()
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run `app` (built by create_app) until a signal stops it."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,  # the batching queues live in this process; scale out with replicas
+        log_level="info",
+        # Requests in flight cannot wait longer than the request timeout; give them that, plus a margin.
+        timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
+    )
+    server = DrainingServer(config, lambda: begin_drain(app), settings.drain_delay_s)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # startup failed (uvicorn's own code for it): the log says why
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,  # the batching queues live in this process; scale out with replicas
-        log_level="info",
-        # Let requests in flight finish (they cannot wait longer than the request timeout) before exiting.
-        timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
-    )
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from fastapi import FastAPI
 
@@ -19,6 +19,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.routes import ROUTERS
 from service.runtime import Loader, Runtime
+from service.security import UNAUTHORIZED, api_key_dependency
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         runtime = await Runtime.open(settings, metrics, loader)
+        app.state.runtime = runtime  # for begin_drain, which the server calls from outside any request
         # Serve /healthz and /readyz (503) while warming; inference routes answer 503 until then.
         warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
         try:
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
             with contextlib.suppress(asyncio.CancelledError):
                 await warm
             await runtime.close()
+            app.state.runtime = None
             log.info("stopped")
 
     app = FastAPI(
@@ -57,10 +60,47 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         version="0.1.0",
         lifespan=lifespan,
     )
-    for task in settings.tasks:
-        app.include_router(ROUTERS[task])
+    # Only with a key do the routes declare security: the OpenAPI document then says what is required.
+    guard = [api_key_dependency(settings.api_key)] if settings.api_key else []
+    errors = UNAUTHORIZED if settings.api_key else {}
+    for router in [ROUTERS[task] for task in settings.tasks] + [probes.catalog_router]:
+        app.include_router(router, dependencies=guard, responses=errors)
     app.include_router(probes.router)
     install_error_handlers(app)
+    _document_optional_parameters_plainly(app)
     endpoints = [f"/{task}" for task in settings.tasks] + list(OPS_ENDPOINTS)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=endpoints)
     return app
+
+
+def begin_drain(app: FastAPI) -> None:
+    """On SIGTERM: /readyz answers 503 from now on; requests keep being served until the server drains."""
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        runtime.draining = True
+        log.info("draining: /readyz is 503 from now on")
+
+
+def _document_optional_parameters_plainly(app: FastAPI) -> None:
+    """Document `x: float | None = None` query and header parameters as plain `number`.
+
+    A query string or header cannot carry JSON null: absent is how a client says None. Left as
+    `anyOf: [number, null]`, generated clients and fuzzers send the text "null", which is a 422.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    schema = parameter.get("schema", {})
+                    variants = [v for v in schema.get("anyOf", []) if v != {"type": "null"}]
+                    if len(variants) == 1:
+                        del schema["anyOf"]
+                        schema.update(variants[0])
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -3,6 +3,11 @@
 Callers `submit` one item and await its own result. One worker task per queue collects items into a
 batch, closed at `max_batch_size` items or once the oldest item has waited `max_wait_s`, and runs the
 batch function on a dedicated thread so the event loop never does the heavy work.
+
+Overload and faults are handled here too: a caller may `admit` itself before doing its own preparation
+(so a full queue refuses at once, before any upload is read), an item whose deadline passes while it
+waits is never computed, a failing batch is retried item by item or halved (batch_runner.py), and a
+worker that dies fails its waiting items at once.
 """
 
 from __future__ import annotations
@@ -10,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol
 
-In = TypeVar("In")
-Out = TypeVar("Out")
+from service.batch_runner import BatchRunner, In, Out
 
 log = logging.getLogger(__name__)
 
 
 class QueueFullError(Exception):
-    """The queue holds `max_queue` items already; the caller should retry later."""
+    """The queue holds `max_queue` items already; the caller should retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceededError(Exception):
@@ -32,6 +41,10 @@ class DeadlineExceededError(Exception):
 
 class BatcherStoppedError(Exception):
     """The batcher is not running (not started yet, or shutting down)."""
+
+
+class WorkerDiedError(BatcherStoppedError):
+    """The worker task ended by itself (a bug, not a shutdown): nothing will be computed any more."""
 
 
 class BatchObserver(Protocol):
@@ -67,7 +80,28 @@ class Completed(Generic[Out]):
 class _Pending(Generic[In, Out]):
     item: In
     enqueued: float
+    deadline: float  # perf_counter() time; math.inf for none
     future: asyncio.Future[Completed[Out]] = field(repr=False)
+
+
+class Ticket:
+    """A place in the queue, held while the caller prepares its item; released unless `submit` uses it."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def use(self) -> None:
+        release, self._release = self._release, None
+        if release is None:
+            raise RuntimeError("this ticket was used or released already")
+        release()
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._release is not None:
+            self.use()
 
 
 class Batcher(Generic[In, Out]):
@@ -82,18 +116,25 @@ class Batcher(Generic[In, Out]):
         max_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        split_on: tuple[type[Exception], ...] = (),
+        on_split: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self._fn = fn
+        self.max_queue = max_queue
+        self._runner = BatchRunner(fn, name=name, split_on=split_on, on_split=on_split)
         self._observer: BatchObserver = observer or _NoObserver()
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
+        self._admitted = 0  # tickets handed out and not yet used or released
         self._inflight: list[_Pending[In, Out]] = []
+        self._batch_started: float | None = None
+        self._batch_s: float | None = None  # moving average of recent batch durations
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._died: BaseException | None = None
 
     @property
     def depth(self) -> int:
@@ -103,40 +144,65 @@ class Batcher(Generic[In, Out]):
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
 
+    @property
+    def busy_s(self) -> float:
+        """How long the batch now on the worker thread has been running; 0 when idle."""
+        return 0.0 if self._batch_started is None else time.perf_counter() - self._batch_started
+
+    def retry_after_s(self) -> float:
+        """A guess at when a place will be free: the batches ahead of a newcomer times recent batch latency."""
+        ahead = (self.depth + self._admitted) / self.max_batch_size + 1
+        # A batch running longer than usual is the better guess (a slow or stuck model).
+        return ahead * max(self._batch_s or 0.0, self.busy_s, self.max_wait_s)
+
     def start(self) -> None:
         if self._worker is not None:
             raise RuntimeError(f"batcher {self.name!r} already started")
         # One thread per queue: a model never runs two batches at once, and queues do not share a pool.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{self.name}")
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+        self._worker.add_done_callback(self._worker_exited)
 
     async def stop(self) -> None:
         """Stop taking items, fail whatever is still waiting, and release the worker thread."""
         worker, self._worker = self._worker, None
-        if worker is not None:
+        if worker is not None and not worker.done():  # a dead worker's error was logged when it died
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        leftovers = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
-        self._inflight = []
-        for pending in leftovers:
-            if not pending.future.done():
-                pending.future.set_exception(BatcherStoppedError(f"{self.name} is shutting down"))
-        self._observer.queue_depth(0)
+        self._fail_waiting(BatcherStoppedError(f"{self.name} is shutting down"))
         if self._executor is not None:
             # Do not wait here: a batch still on the thread finishes on its own, its result is dropped.
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, item: In, timeout_s: float | None = None) -> Completed[Out]:
-        """Queue `item` and wait for its result; raises its own error, never a neighbour's."""
-        if not self.running:
-            raise BatcherStoppedError(f"{self.name} is not running")
+    def admit(self) -> Ticket:
+        """Reserve a place before preparing an item; raises QueueFullError at once when there is none."""
+        self._check_running()
+        if self.depth + self._admitted >= self.max_queue:
+            raise QueueFullError(f"{self.name} queue is full ({self.max_queue} waiting)", self.retry_after_s())
+        self._admitted += 1
+
+        def release() -> None:
+            self._admitted -= 1
+
+        return Ticket(release)
+
+    async def submit(self, item: In, timeout_s: float | None = None, ticket: Ticket | None = None) -> Completed[Out]:
+        """Queue `item` and wait for its result; raises its own error, never a neighbour's.
+
+        Cancelling the caller (its client went away) or passing the deadline drops the item from the
+        queue: the worker skips it unless its batch has already started.
+        """
+        if ticket is not None:
+            ticket.use()  # its reserved place becomes the queue slot below
+        else:
+            self.admit().use()  # the same checks, so a submit cannot take a place someone reserved
+        self._check_running()
+        now = time.perf_counter()
+        deadline = math.inf if timeout_s is None else now + timeout_s
         future: asyncio.Future[Completed[Out]] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(item, time.perf_counter(), future))
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self.name} queue is full ({self._queue.maxsize} waiting)") from None
+        self._queue.put_nowait(_Pending(item, now, deadline, future))
         self._observer.queue_depth(self._queue.qsize())
         try:
             # shield: a timeout must not cancel the future before we mark it abandoned ourselves.
@@ -144,14 +210,33 @@ class Batcher(Generic[In, Out]):
         except TimeoutError:
             raise DeadlineExceededError(f"no result from {self.name} within {timeout_s:.3g} s") from None
         finally:
-            # Timed out or the caller went away: the worker skips cancelled items it has not started.
-            future.cancel()
+            future.cancel()  # a no-op once answered; otherwise the worker skips the item
+
+    def _check_running(self) -> None:
+        if self._died is not None:
+            raise WorkerDiedError(f"the {self.name} worker has stopped: {self._died!r}")
+        if not self.running:
+            raise BatcherStoppedError(f"{self.name} is not running")
+
+    def _worker_exited(self, worker: asyncio.Task[None]) -> None:
+        if worker.cancelled():
+            return  # stop() did it, and fails the waiting items itself
+        self._died = worker.exception() or RuntimeError("worker returned")
+        log.critical("%s: batching worker died: %r", self.name, self._died)
+        self._fail_waiting(WorkerDiedError(f"the {self.name} worker has stopped"))
+
+    def _fail_waiting(self, error: Exception) -> None:
+        leftovers = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        self._inflight = []
+        for pending in leftovers:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._observer.queue_depth(0)
 
     async def _run(self) -> None:
         while True:
-            batch = await self._collect()
+            batch = self._live(await self._collect())
             self._observer.queue_depth(self._queue.qsize())
-            batch = [p for p in batch if not p.future.done()]
             if not batch:
                 continue
             try:
@@ -163,14 +248,26 @@ class Batcher(Generic[In, Out]):
                     if not pending.future.done():
                         pending.future.set_exception(exc)
 
+    def _live(self, batch: list[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
+        """Drop items nobody waits for: cancelled, or past a deadline whose timer has not fired yet."""
+        now = time.perf_counter()
+        for pending in batch:
+            if pending.deadline <= now and not pending.future.done():
+                pending.future.set_exception(DeadlineExceededError(f"deadline passed in the {self.name} queue"))
+        return [p for p in batch if not p.future.done()]
+
     async def _process(self, batch: list[_Pending[In, Out]]) -> None:
-        started = time.perf_counter()
+        started = self._batch_started = time.perf_counter()
         for pending in batch:
             self._observer.queue_wait(started - pending.enqueued)
         self._inflight = batch
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._call, [p.item for p in batch])
+        try:
+            outcomes = await loop.run_in_executor(self._executor, self._runner.run, [p.item for p in batch])
+        finally:
+            self._batch_started = None
         seconds = time.perf_counter() - started
+        self._batch_s = seconds if self._batch_s is None else 0.8 * self._batch_s + 0.2 * seconds
         # Left set if we are cancelled while the thread works, so that stop() can fail these items.
         self._inflight = []
         self._observer.batch_done(len(batch), seconds)
@@ -200,31 +297,3 @@ class Batcher(Generic[In, Out]):
             except TimeoutError:
                 break
         return batch
-
-    def _call(self, items: list[In]) -> list[Out | Exception]:
-        """Run on the worker thread. If the batch fails, retry each item alone so only the culprit fails."""
-        try:
-            return list(self._checked(items))
-        except Exception as exc:
-            if len(items) == 1:
-                return [exc]
-            log.warning(
-                "%s: batch of %d failed (%s: %s); retrying items one by one",
-                self.name,
-                len(items),
-                type(exc).__name__,
-                exc,
-            )
-        outcomes: list[Out | Exception] = []
-        for item in items:
-            try:
-                outcomes.extend(self._checked([item]))
-            except Exception as exc:
-                outcomes.append(exc)
-        return outcomes
-
-    def _checked(self, items: list[In]) -> Sequence[Out]:
-        outputs = self._fn(items)
-        if len(outputs) != len(items):
-            raise RuntimeError(f"{self.name}: batch function returned {len(outputs)} outputs for {len(items)} inputs")
-        return outputs

@@ -16,9 +16,10 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}}, summary="Liveness")
 async def healthz(runtime: RuntimeDep) -> Health:
-    """The process answers, every batching worker runs, and the model device is usable. No model call."""
-    if not runtime.alive():
-        raise ApiError(503, "unhealthy", "a batching worker has stopped")
+    """The process answers, every batching worker runs and none hangs, and the device is usable. No model call."""
+    problem = runtime.unhealthy()
+    if problem is not None:  # an orchestrator restarts us: better than requests waiting on a dead queue
+        raise ApiError(503, "unhealthy", problem)
     if runtime.device.type == "cuda" and not torch.cuda.is_available():
         raise ApiError(503, "unhealthy", f"device {runtime.device} is gone")
     return Health(device=str(runtime.device))
@@ -26,18 +27,32 @@ async def healthz(runtime: RuntimeDep) -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}}, summary="Readiness")
 async def readyz(runtime: RuntimeDep) -> Readiness:
-    """200 once every configured model is loaded and has run its warm-up pass; 503 before."""
+    """200 once every configured model is loaded and has run its warm-up pass; 503 before, and once stopping."""
+    if runtime.draining:
+        raise ApiError(503, "shutting_down", "shutting down: finishing the requests in flight")
     if not runtime.ready:
         waiting = ", ".join(f"{task} {m.state}" for task, m in runtime.models.items() if m.state != "ready")
         raise ApiError(503, "not_ready", f"not ready: {waiting}", {"Retry-After": "5"})
     return Readiness(models={task: m.manifest.version for task, m in runtime.models.items()})
 
 
-@router.get("/models", response_model=ModelList, summary="Manifests of the served models")
+# Its own router, so that the app can put it behind the API key with the inference routes.
+catalog_router = APIRouter(tags=["operations"])
+
+
+@catalog_router.get("/models", response_model=ModelList, summary="Manifests of the served models")
 async def list_models(runtime: RuntimeDep) -> ModelList:
     return ModelList(models=[ManifestInfo.model_validate(m.manifest.to_json()) for m in runtime.models.values()])
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)")
+_METRICS_EXAMPLE = 'densepred_queue_depth{task="detect"} 0.0\ndensepred_batch_size_count{task="detect"} 42.0\n'
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics (text format)",
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": _METRICS_EXAMPLE}}}},
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,13 +1,16 @@
-"""Predictor results to response schemas. CPU work (mask encoding): call it off the event loop."""
+"""Predictor results to response schemas, and to overlay pictures. CPU work: call it off the event loop."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
+from PIL import Image
+from pydantic import BaseModel
 
+from client.overlay import encode_png, render_overlay
 from models import Detections, Manifest, SemanticMap
-from service.rle import encode_masks
+from service.rle import encode_masks, mask_areas
 from service.schemas import Detection, InstanceDetection, Mask, ModelInfo, Segment
 
 
@@ -29,26 +32,29 @@ def detections(result: Detections, names: Mapping[int, str]) -> list[Detection]:
     ]
 
 
-def instances(result: Detections, names: Mapping[int, str]) -> list[InstanceDetection]:
+def instances(
+    result: Detections, names: Mapping[int, str], size: tuple[int, int] | None = None
+) -> list[InstanceDetection]:
+    """`size` (height, width): the upload's, when the model saw a shrunk copy (masks are upsampled to it)."""
     if result.masks is None:
         raise ValueError("instance results carry masks")
-    rles = encode_masks(result.masks)
-    areas = result.masks.flatten(1).sum(1).tolist() if len(result.masks) else []
+    rles = encode_masks(result.masks, size)
+    areas = mask_areas(rles)
     return [
         InstanceDetection(**det.model_dump(), area=int(area), mask=Mask(**rle))
         for det, area, rle in zip(detections(result, names), areas, rles, strict=True)
     ]
 
 
-def segments(result: SemanticMap, names: Mapping[int, str]) -> list[Segment]:
+def segments(result: SemanticMap, names: Mapping[int, str], size: tuple[int, int] | None = None) -> list[Segment]:
     labels = result.labels
     present = [int(i) for i in torch.unique(labels).tolist() if i != 0]  # 0 is background
     if not present:
         return []
     # One mask per class of a single label map: disjoint by construction.
     masks = torch.stack([labels == i for i in present])
-    rles = encode_masks(masks)
-    areas = masks.flatten(1).sum(1).tolist()
+    rles = encode_masks(masks, size)  # nearest upsampling of disjoint masks keeps them disjoint
+    areas = mask_areas(rles)
     return [
         Segment(label=_label(names, i), label_id=i, area=int(area), mask=Mask(**rle))
         for i, area, rle in zip(present, areas, rles, strict=True)
@@ -57,3 +63,14 @@ def segments(result: SemanticMap, names: Mapping[int, str]) -> list[Segment]:
 
 def _box(box: list[float]) -> list[float]:
     return [round(v, 2) for v in box]
+
+
+def overlay_png(image: torch.Tensor, body: BaseModel) -> bytes:
+    """`?render=png`: the client's own renderer, drawn from the very response the JSON would carry."""
+    answer = body.model_dump()
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())  # uint8 [3, h, w], already EXIF-oriented
+    size = (answer["image"]["width"], answer["image"]["height"])
+    if picture.size != size:
+        # The model saw a shrunk copy of a large upload; the overlay, like the answer, is at the upload's size.
+        picture = picture.resize(size, Image.Resampling.BILINEAR)
+    return encode_png(render_overlay(picture, answer))

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 import models
 from models.registry import MAX_DETECTIONS
-from service import responses
-from service.batching import BatcherStoppedError, Completed, DeadlineExceededError, QueueFullError
+from service import inference, responses
+from service.batching import Completed
 from service.errors import ApiError, invalid_parameter
-from service.imaging import DecodedImage, decode_image
-from service.runtime import Job, Result, Runtime, TaskModel
+from service.imaging import DecodedImage
+from service.runtime import Result, Runtime, TaskModel
 from service.schemas import (
     DetectResponse,
     ErrorBody,
@@ -26,9 +28,9 @@ from service.schemas import (
     SegmentResponse,
     Timing,
 )
-from service.uploads import read_image_bytes
 
 log = logging.getLogger(__name__)
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -36,26 +38,52 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def request_timeout(
+    runtime: RuntimeDep,
+    timeout: Annotated[
+        float | None, Query(gt=0, le=3600, description="Seconds to wait for a result (then 504); server-capped.")
+    ] = None,
+    x_request_timeout: Annotated[float | None, Header(gt=0, le=3600, description="Same as `timeout`.")] = None,
+) -> float:
+    """The request's timeout in seconds: the shortest asked for, never beyond REQUEST_TIMEOUT_S."""
+    asked = [t for t in (timeout, x_request_timeout) if t is not None]
+    return min([runtime.settings.request_timeout_s, *asked])
+
+
+TimeoutDep = Annotated[float, Depends(request_timeout)]
 ScoreThreshold = Annotated[float, Query(ge=0, le=1, description="Drop detections scoring below this.")]
-MaxDetections = Annotated[int, Query(ge=1, le=MAX_DETECTIONS, description="Keep the best N.")]
+MaxDetections = Annotated[
+    int, Query(ge=1, le=MAX_DETECTIONS, description="Keep the best N (at most the server's MAX_DETECTIONS).")
+]
 MaskThreshold = Annotated[float, Query(ge=0, le=1, description="Mask probability at which a pixel is in.")]
 Classes = Annotated[
     str | None,
     Query(description="Comma-separated category names to keep (see /models); default all.", examples=["circle"]),
 ]
+Render = Annotated[
+    Literal["png"] | None,
+    Query(description="`png`: answer with the overlay picture (masks, boxes, labels) instead of JSON."),
+]
 
 _ERRORS = {
     400: "Undecodable, truncated or empty image, or malformed upload.",
     413: "Upload over the byte limit, or image over the pixel limit.",
-    415: "Content type or image format other than JPEG, PNG or WEBP.",
-    422: "Bad query parameter (the message lists valid class names).",
+    415: "Content type or image format other than JPEG, PNG or WEBP, or an animated / multi-frame file.",
+    422: "Bad query parameter (the message lists valid class names), or an extreme aspect ratio.",
     429: "Queue full; retry after the Retry-After header's seconds.",
-    503: "Model not loaded and warmed yet, or shutting down.",
+    503: "Model not loaded and warmed yet, shutting down, or its batching worker stopped.",
     504: "No result within the request timeout.",
+    507: "The image does not fit in the device's memory, even in a batch of its own.",
 }
 _BINARY = {"type": "string", "format": "binary"}
+_PNG = {
+    "description": "The response, as JSON; or with `render=png`, drawn over the image (same size, EXIF applied).",
+    "content": {"image/png": {"schema": _BINARY}},
+}
 _DOC: dict[str, Any] = {
-    "responses": {status: {"model": ErrorBody, "description": text} for status, text in _ERRORS.items()},
+    "responses": {200: _PNG} | {status: {"model": ErrorBody, "description": text} for status, text in _ERRORS.items()},
     "openapi_extra": {
         "requestBody": {
             "required": True,
@@ -76,44 +104,55 @@ instances_router = APIRouter(tags=["inference"])
 
 
 @segment_router.post("/segment", response_model=SegmentResponse, summary="Semantic segmentation", **_DOC)
-async def segment(request: Request, runtime: RuntimeDep, classes: Classes = None) -> SegmentResponse:
-    run = await _infer(request, runtime, "segment", lambda m: models.Query(class_ids=_class_ids(m, classes)))
-    segments = await run_in_threadpool(responses.segments, cast(models.SemanticMap, run.result), run.model.names)
-    return SegmentResponse(segments=segments, **run.envelope())
+async def segment(
+    request: Request, runtime: RuntimeDep, timeout: TimeoutDep, classes: Classes = None, render: Render = None
+) -> SegmentResponse | Response:
+    def query(m: TaskModel) -> models.Query:
+        return models.Query(class_ids=_class_ids(m, classes))
+
+    run = await _infer(request, runtime, "segment", query, timeout)
+    result = cast(models.SemanticMap, run.result)
+    segments = await run_in_threadpool(responses.segments, result, run.model.names, run.upload_size)
+    return await _respond(run, SegmentResponse(segments=segments, **run.envelope()), render)
 
 
 @detect_router.post("/detect", response_model=DetectResponse, summary="Object detection", **_DOC)
 async def detect(
     request: Request,
     runtime: RuntimeDep,
+    timeout: TimeoutDep,
     score_threshold: ScoreThreshold = 0.5,
     max_detections: MaxDetections = MAX_DETECTIONS,
     classes: Classes = None,
-) -> DetectResponse:
+    render: Render = None,
+) -> DetectResponse | Response:
     def query(m: TaskModel) -> models.Query:
         return models.Query(score_threshold, max_detections, _class_ids(m, classes))
 
-    run = await _infer(request, runtime, "detect", query)
+    run = await _infer(request, runtime, "detect", query, timeout)
     # At most 100 boxes and no masks: cheap enough for the event loop.
     detections = responses.detections(cast(models.Detections, run.result), run.model.names)
-    return DetectResponse(detections=detections, **run.envelope())
+    return await _respond(run, DetectResponse(detections=detections, **run.envelope()), render)
 
 
 @instances_router.post("/instances", response_model=InstancesResponse, summary="Instance segmentation", **_DOC)
 async def instances(
     request: Request,
     runtime: RuntimeDep,
+    timeout: TimeoutDep,
     score_threshold: ScoreThreshold = 0.5,
     max_detections: MaxDetections = MAX_DETECTIONS,
     classes: Classes = None,
     mask_threshold: MaskThreshold = 0.5,
-) -> InstancesResponse:
+    render: Render = None,
+) -> InstancesResponse | Response:
     def query(m: TaskModel) -> models.Query:
         return models.Query(score_threshold, max_detections, _class_ids(m, classes), mask_threshold)
 
-    run = await _infer(request, runtime, "instances", query)
-    found = await run_in_threadpool(responses.instances, cast(models.Detections, run.result), run.model.names)
-    return InstancesResponse(detections=found, **run.envelope())
+    run = await _infer(request, runtime, "instances", query, timeout)
+    result = cast(models.Detections, run.result)
+    found = await run_in_threadpool(responses.instances, result, run.model.names, run.upload_size)
+    return await _respond(run, InstancesResponse(detections=found, **run.envelope()), render)
 
 
 ROUTERS = {"segment": segment_router, "detect": detect_router, "instances": instances_router}
@@ -130,6 +169,11 @@ class _Run:
     def result(self) -> Result:
         return self.completed.value
 
+    @property
+    def upload_size(self) -> tuple[int, int] | None:
+        """(height, width) to upsample masks to, when the model saw a shrunk copy of the upload."""
+        return (self.image.height, self.image.width) if self.image.scaled else None
+
     def envelope(self) -> dict[str, Any]:
         """The fields every inference response shares; `total` is taken now, as the response is built."""
         timing = Timing(
@@ -144,41 +188,30 @@ class _Run:
         }
 
 
-async def _infer(request: Request, runtime: Runtime, task: str, query: Callable[[TaskModel], models.Query]) -> _Run:
+async def _respond(run: _Run, body: Body, render: str | None) -> Body | Response:
+    if render != "png":
+        return body
+    # The body is in the upload's pixels; the model may have seen a shrunk copy, so draw on the upload's size.
+    png = await run_in_threadpool(lambda: responses.overlay_png(run.image.as_uploaded(), body))
+    return Response(png, media_type="image/png")
+
+
+async def _infer(
+    request: Request, runtime: Runtime, task: str, query: Callable[[TaskModel], models.Query], timeout_s: float
+) -> _Run:
     started = time.perf_counter()
     model = runtime.models[task]
-    settings = runtime.settings
     try:
         if model.state != "ready":
             raise ApiError(503, "not_ready", f"the {task} model is still warming up", {"Retry-After": "5"})
         job_query = query(model)
-        data = await read_image_bytes(request, settings.max_image_bytes)
-        image = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
-        remaining = settings.request_timeout_s - (time.perf_counter() - started)
-        completed = await _submit(model, Job(image.tensor, job_query), remaining)
+        cap = min(job_query.max_detections, runtime.settings.max_detections)
+        job_query = dataclasses.replace(job_query, max_detections=cap)
+        image, completed = await inference.run(request, runtime, model, job_query, started + timeout_s)
     except ApiError as exc:
         runtime.metrics.rejected.labels(task=task, reason=exc.code).inc()
         raise
     return _Run(model, image, completed, started)
-
-
-async def _submit(model: TaskModel, job: Job, timeout_s: float) -> Completed[Result]:
-    task = model.manifest.task
-    try:
-        if timeout_s <= 0:
-            raise DeadlineExceededError
-        return await model.batcher.submit(job, timeout_s)
-    except QueueFullError:
-        raise ApiError(429, "queue_full", f"the {task} queue is full; retry shortly", {"Retry-After": "1"}) from None
-    except DeadlineExceededError:
-        raise ApiError(504, "deadline_exceeded", f"no {task} result within the request timeout") from None
-    except BatcherStoppedError:
-        raise ApiError(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"}) from None
-    except ValueError as exc:  # the predictor refused this image (its neighbours in the batch still ran)
-        raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
-    except Exception as exc:
-        log.exception("%s inference failed", task)
-        raise ApiError(500, "inference_failed", f"{task} inference failed; see the server log") from exc
 
 
 def _class_ids(model: TaskModel, classes: str | None) -> frozenset[int] | None:

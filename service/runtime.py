@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import anyio
 import torch
 
 from models import Detections, Manifest, Query, SemanticMap, load_predictor
 from service.batching import Batcher
+from service.imaging import Limits
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -44,6 +48,7 @@ class Job:
 class TaskModel:
     predictor: ServedModel
     batcher: Batcher[Job, Result]
+    limits: Limits  # for decoding this model's uploads
     state: str = "warming"  # then "ready", or "failed" if the warm-up pass raised
     names: dict[int, str] = field(init=False)
 
@@ -83,12 +88,49 @@ def _batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Result]]:
     return run
 
 
+def image_limits(settings: Settings, manifest: Manifest) -> Limits:
+    """Decoding limits for one model. Images are shrunk to the smaller of MAX_IMAGE_SIDE and the model's
+    own input size: it would shrink them itself, but only after Mask R-CNN pasted its masks at the size it
+    was given (torchvision pastes at the input size), and FCN upsampled its logits to it."""
+    model_side = int(manifest.input.get("max_size") or 0)
+    side = min(settings.max_image_side, model_side) if model_side else settings.max_image_side
+    return Limits(settings.max_image_pixels, side, settings.max_aspect_ratio)
+
+
+def release_device_memory() -> None:
+    """After a CUDA out-of-memory error: collect the failed batch's tensors and return cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _make_batcher(task: str, predictor: ServedModel, settings: Settings, metrics: Metrics) -> Batcher[Job, Result]:
+    # Boxes beyond the cap would be dropped anyway; cutting them inside the model also bounds the
+    # masks Mask R-CNN pastes (optional: a test double may not have it).
+    limit = getattr(predictor, "limit_detections", None)
+    if callable(limit):
+        limit(settings.max_detections)
+    return Batcher(
+        _batch_fn(predictor),
+        name=task,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        observer=metrics.observer(task),
+        split_on=(torch.cuda.OutOfMemoryError,),
+        on_split=release_device_memory,
+    )
+
+
 class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics, device: torch.device, models: dict[str, TaskModel]):
         self.settings = settings
         self.metrics = metrics
         self.device = device
         self.models = models
+        # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
+        self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, loader: Loader | None = None) -> Runtime:
@@ -98,15 +140,8 @@ class Runtime:
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
             predictor = await asyncio.to_thread(load, task, device)
-            batcher: Batcher[Job, Result] = Batcher(
-                _batch_fn(predictor),
-                name=task,
-                max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_wait_ms / 1000,
-                max_queue=settings.max_queue,
-                observer=metrics.observer(task),
-            )
-            models[task] = TaskModel(predictor, batcher)
+            batcher = _make_batcher(task, predictor, settings, metrics)
+            models[task] = TaskModel(predictor, batcher, image_limits(settings, predictor.manifest))
             m = predictor.manifest
             log.info("loaded %s: %s version %s on %s", task, m.arch, m.version or "-", device)
         for model in models.values():
@@ -115,11 +150,16 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return all(model.state == "ready" for model in self.models.values())
+        return not self.draining and all(model.state == "ready" for model in self.models.values())
 
-    def alive(self) -> bool:
-        """The inference machinery is up: every queue's worker task is still running."""
-        return all(model.batcher.running for model in self.models.values())
+    def unhealthy(self) -> str | None:
+        """Why the inference machinery is broken (a worker died, or a batch hangs), or None."""
+        for task, model in self.models.items():
+            if not model.batcher.running:
+                return f"the {task} batching worker has stopped"
+            if model.batcher.busy_s > self.settings.inference_timeout_s:
+                return f"a {task} batch has run for {model.batcher.busy_s:.0f} s"
+        return None
 
     async def warm_up(self) -> None:
         """One forward pass per model, off the event loop; readiness flips once all have passed."""

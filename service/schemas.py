@@ -7,7 +7,43 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+# Real answers (a 320x240 image; masks are real COCO RLE), shown as the examples in the OpenAPI docs.
+_MODEL = {"task": "instances", "name": "maskrcnn_small", "version": "3f2a9c0d1b7e"}
+_IMAGE = {"width": 320, "height": 240}
+_TIMING = {"queue": 4.1, "inference": 38.6, "total": 47.9}
+_CIRCLE_RLE = {
+    "size": [240, 320],
+    "counts": "Z\\a11W7`0D8I6K4L4L4M2M4M2N2N2N2N2N2N2N2O0O2N2O0O2O0O2O0O2O000O2O00000O2O0000000000000"
+    "O20N100000000000001N1000001N10001N101N101N101N2N101N2N2N2N2N2N2N2N3L3N3L4L4L5J7H<@^d6",
+}
+_SQUARE_RLE = {"size": [240, 320], "counts": "l_g0`2P5" + "0" * 157 + "ThP1"}
+_DETECTION = {"label": "circle", "label_id": 1, "score": 0.97, "box": [210.0, 130.0, 291.0, 211.0]}
+DETECT_EXAMPLE = {"model": {**_MODEL, "task": "detect", "name": "fasterrcnn_small"}, "image": _IMAGE,
+                  "detections": [_DETECTION], "timing_ms": _TIMING}  # fmt: skip
+INSTANCES_EXAMPLE = {"model": _MODEL, "image": _IMAGE, "timing_ms": _TIMING,
+                     "detections": [{**_DETECTION, "area": 5025, "mask": _CIRCLE_RLE}]}  # fmt: skip
+SEGMENT_EXAMPLE = {"model": {**_MODEL, "task": "segment", "name": "fcn_small"}, "image": _IMAGE, "timing_ms": _TIMING,
+                   "segments": [{"label": "square", "label_id": 2, "area": 6400, "mask": _SQUARE_RLE}]}  # fmt: skip
+
+MANIFEST_EXAMPLE = {
+    "format": 1,
+    "task": "detect",
+    "arch": "fasterrcnn_small",
+    "num_classes": 4,
+    "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}],
+    "version": "3f2a9c0d1b7e",
+    "sha256": "3f2a9c0d1b7e" + "0" * 52,
+    "input": {"min_size": 320, "max_size": 512, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "options": {},
+    "metrics": {"val": {"bbox_mAP": 0.81}},
+    "trained": {"dataset": "shapes", "preset": "quick", "steps": 3000, "seconds": 612.0, "device": "cpu"},
+}
+
+
+def _example(value: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [value]})
 
 
 class ModelInfo(BaseModel):
@@ -54,6 +90,8 @@ class Segment(BaseModel):
 
 
 class DetectResponse(BaseModel):
+    model_config = _example(DETECT_EXAMPLE)
+
     model: ModelInfo
     image: ImageInfo
     detections: list[Detection]
@@ -61,6 +99,8 @@ class DetectResponse(BaseModel):
 
 
 class InstancesResponse(BaseModel):
+    model_config = _example(INSTANCES_EXAMPLE)
+
     model: ModelInfo
     image: ImageInfo
     detections: list[InstanceDetection]
@@ -68,6 +108,8 @@ class InstancesResponse(BaseModel):
 
 
 class SegmentResponse(BaseModel):
+    model_config = _example(SEGMENT_EXAMPLE)
+
     model: ModelInfo
     image: ImageInfo
     segments: list[Segment] = Field(description="One per class present, background omitted; disjoint.")
@@ -80,15 +122,21 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    model_config = _example({"error": {"code": "invalid_image", "message": "cannot decode this PNG image"}})
+
     error: ErrorDetail
 
 
 class Health(BaseModel):
+    model_config = _example({"status": "ok", "device": "cuda:0"})
+
     status: Literal["ok"] = "ok"
     device: str
 
 
 class Readiness(BaseModel):
+    model_config = _example({"status": "ready", "models": {"segment": "9b1c4e7a2d30", "detect": "3f2a9c0d1b7e"}})
+
     status: Literal["ready"] = "ready"
     models: dict[str, str] = Field(description="Task to model version.")
 
@@ -113,4 +161,6 @@ class ManifestInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    model_config = _example({"models": [MANIFEST_EXAMPLE]})
+
     models: list[ManifestInfo]

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import TASKS, Task
+from models.registry import MAX_DETECTIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -29,6 +30,23 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0, description="A request still waiting after this gets 504.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted upload (413 beyond).")
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width*height, read from the header.")
+    max_image_side: int = Field(
+        default=1333, ge=32, description="Longer sides beyond this are shrunk before the model; results mapped back."
+    )
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1, description="Longer over shorter side; beyond it R-CNNs cannot resize the image (422)."
+    )
+    max_detections: int = Field(
+        default=MAX_DETECTIONS, ge=1, le=MAX_DETECTIONS, description="Cap on detections per image."
+    )
+    inference_timeout_s: float = Field(
+        default=60.0, gt=0, description="A batch running longer than this marks the process unhealthy (/healthz 503)."
+    )
+    drain_delay_s: float = Field(
+        default=0.0, ge=0, le=300, description="After SIGTERM: /readyz 503, serving on this long, then drain."
+    )
+    # SecretStr: the key never appears in reprs or logs.
+    api_key: SecretStr | None = Field(default=None, description="When set, inference and /models need this key.")
     # NoDecode: read "segment,detect" as a comma-separated list rather than as JSON.
     tasks: Annotated[tuple[Task, ...], NoDecode] = Field(default=TASKS, min_length=1, description="Tasks to serve.")
 
@@ -39,6 +57,12 @@ class Settings(BaseSettings):
         if not _DEVICE.match(value):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: Any) -> Any:
+        # DENSEPRED_API_KEY= (empty) in a compose file means "no key", not "the empty key".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("tasks", mode="before")
     @classmethod

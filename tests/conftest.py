@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from processes import Service, service
 
 from models import DEFAULT_ARCH, TASKS, Category, Manifest, build_model, get_arch, save_entry
 
@@ -29,3 +31,10 @@ def random_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for task in TASKS:
         save_random_model(store, task)
     return store
+
+
+@pytest.fixture(scope="session")
+def live_service(random_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`python -m service` serving the random store on a loopback port, over real HTTP."""
+    with service(random_store, tmp_path_factory.mktemp("live") / "service.log") as served:
+        yield served

@@ -20,7 +20,7 @@ SHAPES = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
 
 
 def _untrained(task: str) -> torch.nn.Module:
-    model = build_model(task, DEFAULT_ARCH[task], num_classes=4)  # type: ignore[index]
+    model = build_model(task, DEFAULT_ARCH[task], num_classes=4)
     # Freshly initialised heads score every class alike (one class everywhere, all scores near 1/4).
     # Wider random classifier weights make outputs depend on the image, so filters have work to do.
     if task == "segment":

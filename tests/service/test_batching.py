@@ -9,7 +9,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from service.batching import Batcher, BatcherStoppedError, DeadlineExceededError, QueueFullError
+from service.batching import (
+    Batcher,
+    BatcherStoppedError,
+    DeadlineExceededError,
+    QueueFullError,
+    WorkerDiedError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -188,3 +194,140 @@ async def test_stop_while_collecting_a_batch_fails_the_collected_items() -> None
     await batcher.stop()
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
     assert all(isinstance(o, BatcherStoppedError) for o in outcomes)
+
+
+class FakeOutOfMemory(Exception):
+    """Stands in for torch.cuda.OutOfMemoryError: the batcher splits on whatever kinds it is given."""
+
+
+async def test_an_out_of_memory_batch_is_halved_until_it_fits() -> None:
+    sizes: list[int] = []
+    splits: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise FakeOutOfMemory(f"{len(items)} items do not fit")
+        return squares(items)
+
+    recorder = Recorder()
+    batcher: Batcher[int, int] = Batcher(
+        fn, name="oom", max_batch_size=8, max_wait_s=0.3, max_queue=16, observer=recorder,
+        split_on=(FakeOutOfMemory,), on_split=lambda: splits.append(1),
+    )  # fmt: skip
+    batcher.start()
+    try:
+        done = await asyncio.gather(*(batcher.submit(x) for x in range(8)))
+    finally:
+        await batcher.stop()
+    assert [c.value for c in done] == [x * x for x in range(8)]
+    assert sizes == [8, 4, 2, 2, 4, 2, 2]  # halved, never retried one by one
+    assert len(splits) == 3  # memory released before each retry
+    assert recorder.batches[0][0] == 8
+
+
+async def test_an_item_that_runs_out_of_memory_alone_fails_alone() -> None:
+    def fn(items: list[int]) -> list[int]:
+        if 5 in items:
+            raise FakeOutOfMemory("item 5 is huge")
+        return squares(items)
+
+    batcher: Batcher[int, int] = Batcher(
+        fn, name="oom", max_batch_size=4, max_wait_s=0.3, max_queue=8, split_on=(FakeOutOfMemory,)
+    )
+    batcher.start()
+    try:
+        outcomes = await asyncio.gather(*(batcher.submit(x) for x in (4, 5, 6, 7)), return_exceptions=True)
+    finally:
+        await batcher.stop()
+    assert isinstance(outcomes[1], FakeOutOfMemory)
+    assert outcomes[1].__traceback__ is not None  # raised again in the caller, with a fresh traceback
+    assert [o.value for o in outcomes if not isinstance(o, BaseException)] == [16, 36, 49]
+
+
+async def test_admission_reserves_a_place_and_gives_it_back() -> None:
+    gate = threading.Event()
+    async with running(lambda items: gate.wait(10) and items, max_batch_size=1, max_wait_s=0, max_queue=2) as (
+        batcher,
+        _,
+    ):
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)  # item 0 is on the worker thread
+        held = batcher.admit()
+        with batcher.admit():
+            with pytest.raises(QueueFullError) as full:  # two places, both reserved
+                batcher.admit()
+            assert full.value.retry_after_s > 0
+        with batcher.admit() as ticket:  # the released place is free again
+            queued = asyncio.create_task(batcher.submit(1, ticket=ticket))
+            await asyncio.sleep(0.01)
+        held.use()  # given back unused
+        with pytest.raises(RuntimeError, match="used or released"):
+            held.use()
+        gate.set()
+        assert [c.value for c in await asyncio.gather(first, queued)] == [0, 1]
+
+
+async def test_retry_after_grows_with_the_queue_and_batch_latency() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(10)
+        return items
+
+    async with running(slow, max_batch_size=2, max_wait_s=0, max_queue=64) as (batcher, _):
+        gate.set()
+        await batcher.submit(0)  # one batch measured, almost instantly
+        quick = batcher.retry_after_s()
+        gate.clear()
+        blocked = [asyncio.create_task(batcher.submit(x)) for x in range(1, 12)]
+        await asyncio.sleep(0.3)  # 0.3 s into a batch, 9 items (5 batches) queued behind it
+        assert batcher.busy_s >= 0.25
+        deeper = batcher.retry_after_s()
+        gate.set()
+        await asyncio.gather(*blocked)
+        after_slow_batch = batcher.retry_after_s()
+    assert deeper > quick  # more batches ahead
+    assert after_slow_batch > quick  # and a slower recent batch
+
+
+async def test_an_item_whose_deadline_passed_in_the_queue_is_never_computed() -> None:
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def blocked(items: list[int]) -> list[int]:
+        seen.extend(items)
+        gate.wait(10)
+        return items
+
+    async with running(blocked, max_batch_size=4, max_wait_s=0) as (batcher, _):
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        late = [asyncio.create_task(batcher.submit(x, timeout_s=0.05)) for x in (1, 2)]
+        patient = asyncio.create_task(batcher.submit(3, timeout_s=10))
+        await asyncio.sleep(0.2)
+        gate.set()
+        outcomes = await asyncio.gather(first, *late, patient, return_exceptions=True)
+    assert all(isinstance(o, DeadlineExceededError) for o in outcomes[1:3])
+    assert seen == [0, 3]
+
+
+class WorkerKiller(BaseException):
+    """Escapes the batcher's `except Exception`, as a bug in the worker would."""
+
+
+async def test_a_dead_worker_fails_waiting_items_at_once_and_refuses_new_ones() -> None:
+    def fatal(items: list[int]) -> list[int]:
+        raise WorkerKiller
+
+    batcher: Batcher[int, int] = Batcher(fatal, name="dies", max_batch_size=1, max_wait_s=0, max_queue=8)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await asyncio.gather(*(batcher.submit(x, timeout_s=30) for x in range(3)), return_exceptions=True)
+    assert loop.time() - started < 5  # nobody waits for the 30 s deadline
+    assert not batcher.running
+    assert all(isinstance(o, WorkerDiedError) for o in outcomes)  # the culprit's item included
+    with pytest.raises(WorkerDiedError):
+        await batcher.submit(9)
+    await batcher.stop()

@@ -202,7 +202,10 @@ async def test_openapi_documents_the_real_shapes(client: httpx.AsyncClient) -> N
     assert set(schemas["InstanceDetection"]["properties"]) == {"label", "label_id", "score", "box", "area", "mask"}
     assert set(schemas["Mask"]["properties"]) == {"size", "counts"}
     params = {p["name"] for p in spec["paths"]["/instances"]["post"]["parameters"]}
-    assert params == {"score_threshold", "max_detections", "classes", "mask_threshold"}
+    assert params == {
+        *("score_threshold", "max_detections", "classes", "mask_threshold", "render"),
+        *("timeout", "x-request-timeout"),
+    }
     assert (await client.get("/docs")).status_code == 200
 
 

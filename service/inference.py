@@ -1,0 +1,109 @@
+"""One inference request from admission to result: the order of these steps is the overload policy.
+
+1. Admission: a place in the model's queue is reserved before a byte of the upload is read, so a full
+   queue answers 429 at once and an overloaded process holds at most `max_queue` uploads per model.
+2. Read (size-capped) and decode (pixel-capped, shrunk to `max_image_side`) on a bounded thread pool.
+3. Queue with the request's deadline; a deadline that passes while queued is a 504, never computed.
+4. While waiting, watch the connection: a client that leaves before its batch starts is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import anyio
+import torch
+from starlette.requests import Request
+from starlette.types import Receive
+
+from models import Query
+from service.batching import (
+    BatcherStoppedError,
+    Completed,
+    DeadlineExceededError,
+    QueueFullError,
+    Ticket,
+    WorkerDiedError,
+)
+from service.errors import ApiError
+from service.imaging import DecodedImage, decode_image
+from service.runtime import Job, Result, Runtime, TaskModel
+from service.scaling import to_upload_coordinates
+from service.uploads import read_image_bytes
+
+log = logging.getLogger(__name__)
+
+CLIENT_GONE = 499  # nginx's code for "client closed request"; nobody reads it, the metrics do
+
+
+def queue_full(task: str, retry_after_s: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after_s))  # Retry-After takes whole seconds
+    return ApiError(429, "queue_full", f"the {task} queue is full; retry in {seconds} s", {"Retry-After": str(seconds)})
+
+
+async def run(
+    request: Request, runtime: Runtime, model: TaskModel, job_query: Query, deadline: float
+) -> tuple[DecodedImage, Completed[Result]]:
+    """Admit, read, decode, queue and wait; every failure is an ApiError. `deadline` is a perf_counter time."""
+    task = model.manifest.task
+    try:
+        ticket = model.batcher.admit()
+    except QueueFullError as exc:
+        raise queue_full(task, exc.retry_after_s) from None
+    except BatcherStoppedError as exc:
+        raise _stopped(exc) from None
+    with ticket:  # released unless the item reaches the queue
+        data = await read_image_bytes(request, runtime.settings.max_image_bytes)
+        image = await anyio.to_thread.run_sync(decode_image, data, model.limits, limiter=runtime.decode_limiter)
+        del data
+        job = Job(image.tensor, job_query)
+        completed = await _wait(request, model, job, deadline - time.perf_counter(), ticket)
+    return image, Completed(
+        to_upload_coordinates(completed.value, image), completed.queue_s, completed.inference_s, completed.batch_size
+    )
+
+
+async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Result]:
+    task = model.manifest.task
+    if timeout_s <= 0:
+        raise ApiError(504, "deadline_exceeded", f"the request timeout passed before the {task} queue was reached")
+    result = asyncio.ensure_future(model.batcher.submit(job, timeout_s, ticket))
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        client_left = not result.done()
+        if client_left:  # or this handler was cancelled: either way the batcher skips the item
+            result.cancel()
+    if client_left:
+        raise ApiError(CLIENT_GONE, "client_disconnected", "the client went away while its image was queued")
+    try:
+        return result.result()
+    except DeadlineExceededError:
+        raise ApiError(504, "deadline_exceeded", f"no {task} result within the request timeout") from None
+    except BatcherStoppedError as exc:
+        raise _stopped(exc) from None
+    except torch.cuda.OutOfMemoryError:
+        # Even alone, this image does not fit in device memory (the batch was halved down to it).
+        raise ApiError(507, "out_of_memory", f"the {task} model ran out of device memory on this image") from None
+    except ValueError as exc:  # the predictor refused this image (its neighbours in the batch still ran)
+        raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
+    except Exception as exc:
+        log.exception("%s inference failed", task)
+        raise ApiError(500, "inference_failed", f"{task} inference failed; see the server log") from exc
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone. The body was read already, so the server sends nothing else."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _stopped(exc: BatcherStoppedError) -> ApiError:
+    if isinstance(exc, WorkerDiedError):
+        return ApiError(503, "unavailable", "the model's worker has stopped; the service needs a restart")
+    return ApiError(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"})

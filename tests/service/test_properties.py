@@ -1,0 +1,107 @@
+"""Property tests (hypothesis): RLE round trips, nearest upsampling, mapping boxes back, fitting sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycocotools import mask as mask_utils
+
+from models import Detections
+from service.imaging import DecodedImage, fit_within
+from service.rle import encode_masks, mask_areas
+from service.scaling import to_upload_coordinates, upsample_nearest
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+
+sides = st.integers(1, 257)
+
+
+@st.composite
+def masks(draw: st.DrawFn, max_count: int = 3) -> torch.Tensor:
+    """[N, H, W] bool masks: random noise at any density, plus the edge cases all-0 and all-1."""
+    count, height, width = draw(st.integers(1, max_count)), draw(sides), draw(sides)
+    seed, density = draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from([0.0, 0.02, 0.3, 0.5, 0.97, 1.0]))
+    return torch.from_numpy(np.random.default_rng(seed).random((count, height, width)) < density)
+
+
+def _decode(rle: dict) -> np.ndarray:  # type: ignore[type-arg]
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+
+
+@settings(max_examples=600, deadline=None)
+@given(masks())
+def test_rle_round_trip_is_exact(stack: torch.Tensor) -> None:
+    rles = encode_masks(stack)
+    json.loads(json.dumps(rles))  # plain JSON: str counts, int sizes
+    for mask, rle, area in zip(stack, rles, mask_areas(rles), strict=True):
+        assert rle["size"] == list(mask.shape)
+        assert np.array_equal(_decode(rle), mask.numpy().astype(np.uint8))
+        assert area == int(mask.sum())
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks(max_count=2), sides, sides)
+def test_rle_at_upload_size_is_the_nearest_upsampled_mask(stack: torch.Tensor, height: int, width: int) -> None:
+    rles = encode_masks(stack, (height, width))
+    for mask, rle, area in zip(stack, rles, mask_areas(rles), strict=True):
+        expected = upsample_nearest(mask, (height, width)).numpy()
+        assert rle["size"] == [height, width]
+        assert np.array_equal(_decode(rle), expected.astype(np.uint8))
+        assert area == int(expected.sum())
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks(max_count=1), st.integers(1, 4))
+def test_upsampling_by_a_whole_factor_repeats_pixels(stack: torch.Tensor, factor: int) -> None:
+    mask = stack[0]
+    height, width = mask.shape
+    upsampled = upsample_nearest(mask, (height * factor, width * factor)).numpy()
+    assert np.array_equal(upsampled, np.repeat(np.repeat(mask.numpy(), factor, 0), factor, 1))
+    assert upsample_nearest(mask, (height, width)) is mask
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 20_000), st.integers(1, 20_000), st.integers(32, 4096))
+def test_fit_within_bounds_the_longer_side_and_keeps_the_shape(width: int, height: int, max_side: int) -> None:
+    fitted = fit_within(width, height, max_side)
+    assert max(fitted) <= max(max_side, 1)
+    assert min(fitted) >= 1
+    if max(width, height) <= max_side:
+        assert fitted == (width, height)
+    else:
+        assert max(fitted) == max_side
+        scale = max_side / max(width, height)
+        for side, exact in zip(fitted, (width * scale, height * scale), strict=True):
+            assert abs(side - exact) <= 0.5 or side == 1  # rounded, but never to nothing
+
+
+@st.composite
+def scaled_results(draw: st.DrawFn) -> tuple[Detections, DecodedImage]:
+    up_w, up_h = draw(st.integers(2, 8000)), draw(st.integers(2, 8000))
+    small_w, small_h = fit_within(up_w, up_h, draw(st.integers(32, 1333)))
+    count = draw(st.integers(0, 20))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    corners = rng.random((count, 2, 2)) * [small_w, small_h]  # may touch the border
+    boxes = torch.from_numpy(np.concatenate([corners.min(1), corners.max(1)], 1)).float()
+    result = Detections(boxes, torch.ones(count, dtype=torch.int64), torch.ones(count))
+    image = DecodedImage(torch.zeros(3, small_h, small_w, dtype=torch.uint8), "PNG", up_w, up_h)
+    return result, image
+
+
+@settings(max_examples=500, deadline=None)
+@given(scaled_results())
+def test_boxes_mapped_back_stay_ordered_and_inside_the_upload(case: tuple[Detections, DecodedImage]) -> None:
+    result, image = case
+    mapped = to_upload_coordinates(result, image)
+    assert isinstance(mapped, Detections)
+    boxes = mapped.boxes
+    assert bool((boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all())
+    assert bool((boxes >= 0).all() and (boxes[:, 0::2] <= image.width).all() and (boxes[:, 1::2] <= image.height).all())
+    small_h, small_w = image.tensor.shape[-2:]
+    scale = torch.tensor([image.width / small_w, image.height / small_h] * 2)
+    assert torch.allclose(boxes, (result.boxes * scale).clamp(min=0), rtol=1e-5, atol=1e-3)
