@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from processes import free_port
+from processes import answers, free_port, wait_for
 from service_helpers import metric_samples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,12 +77,7 @@ def running_server(store: Path, log: Path, *args: str, **settings: object) -> It
 
 
 def _wait_ready(server: ServerProcess, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.output()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not ready within {timeout_s} s:\n{server.output()}")
+    try:
+        wait_for(answers(f"{server.url}/readyz"), timeout_s, "the server", server.process)
+    except AssertionError as exc:
+        raise RuntimeError(f"{exc}:\n{server.output()}") from None
