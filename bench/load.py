@@ -21,27 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import metric, ms, percentile
 
 TASKS = ("segment", "detect", "instances")
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 async def batch_histogram(client: httpx.AsyncClient, task: str) -> tuple[float, float]:
     """(sum, count) of densepred_batch_size for one task, from /metrics."""
     text = (await client.get("/metrics")).text
-    total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("densepred_batch_size_sum") and f'task="{task}"' in line:
-            total = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("densepred_batch_size_count") and f'task="{task}"' in line:
-            count = float(line.rsplit(" ", 1)[1])
-    return total, count
+    labels = f'{{task="{task}"}}'
+    return metric(text, "densepred_batch_size_sum", labels), metric(text, "densepred_batch_size_count", labels)
 
 
 async def run(client: httpx.AsyncClient, task: str, images: list[tuple[bytes, str]], concurrency: int,
@@ -74,9 +64,9 @@ async def run(client: httpx.AsyncClient, task: str, images: list[tuple[bytes, st
         "errors": errors,
         "seconds": round(elapsed, 3),
         "throughput_rps": round(len(latencies) / elapsed, 3),
-        "p50_ms": round(1000 * percentile(latencies, 50), 1) if latencies else None,
-        "p95_ms": round(1000 * percentile(latencies, 95), 1) if latencies else None,
-        "p99_ms": round(1000 * percentile(latencies, 99), 1) if latencies else None,
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p95_ms": ms(percentile(latencies, 95)),
+        "p99_ms": ms(percentile(latencies, 99)),
         "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
         "mean_batch_size": round((after[0] - before[0]) / batches, 2) if batches else None,
     }

@@ -14,6 +14,7 @@ import anyio
 import torch
 
 from models import Detections, Manifest, Query, SemanticMap, load_predictor
+from models.devices import resolve_device
 from service.batching import Batcher
 from service.imaging import Limits
 from service.metrics import Metrics
@@ -63,15 +64,6 @@ class TaskModel:
         """Category names to ids; raises KeyError naming the first unknown one."""
         by_name = {name: i for i, name in self.names.items()}
         return frozenset(by_name[name] for name in names)
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"DENSEPRED_DEVICE={setting} but torch sees no CUDA device")
-    return device
 
 
 def store_loader(settings: Settings) -> Loader:

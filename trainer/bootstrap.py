@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from models import DEFAULT_ARCH, StoreError, read_manifest
+from models.devices import resolve_device
 from trainer import synth
 from trainer.presets import get_preset
-from trainer.train import TrainJob, resolve_device, run
+from trainer.train import TrainJob, run
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from models import DEFAULT_ARCH, TASKS, Category, StoreError, arch_names, get_arch, load_predictor
 from models.checkpoints import import_torchvision_checkpoint
+from models.devices import resolve_device
 from models.small import ROI_OPS, SKIPS
 from trainer import synth
 from trainer.bootstrap import bootstrap
 from trainer.datasets import open_dataset
 from trainer.evaluate import evaluate
 from trainer.presets import PRESETS, get_preset
-from trainer.train import TrainJob, load_job, resolve_device, run
+from trainer.train import TrainJob, load_job, run
 from trainer.transfer import INIT_SCOPES
 
 LAYOUTS = ("COCO layout: images/ and annotations/{train,val}.json; or VOC layout (segment only): JPEGImages/, "

@@ -64,12 +64,6 @@ class TrainJob:
         return cls(**{**data, **paths, "config": TrainConfig(**data["config"]), "device": device, "progress": progress})
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_job(run_dir: Path, device: torch.device, progress: bool = True) -> TrainJob:
     """The job a run folder records, to resume it (wherever the folder has moved since)."""
     path = run_dir / JOB_FILE

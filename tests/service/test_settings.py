@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.runtime import resolve_device
+from models.devices import resolve_device
 from service.settings import Settings
 
 
