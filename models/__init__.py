@@ -3,12 +3,25 @@
 Pure torch/torchvision: nothing here imports fastapi, pydantic, `service` or `trainer`.
 """
 
-from models.predictors import Detections, Predictor, Query, SemanticMap, load_predictor, make_predictor
+from models.masks import InstanceMasks, Region, run_lengths
+from models.predictors import (
+    Acceleration,
+    Detections,
+    Predictor,
+    Query,
+    SemanticMap,
+    load_predictor,
+    make_predictor,
+)
 from models.registry import DEFAULT_ARCH, TASKS, Task, arch_names, build_model, get_arch
 from models.store import Category, Manifest, StoreError, load_entry, read_manifest, save_entry
 
 __all__ = [
     "DEFAULT_ARCH",
+    "Acceleration",
+    "InstanceMasks",
+    "Region",
+    "run_lengths",
     "TASKS",
     "Category",
     "Detections",

@@ -1,23 +1,43 @@
 """Predictors: a model plus the pre- and post-processing it needs, one class per task.
 
 Input: uint8 CHW tensors of any sizes (a batch may mix sizes). Output per image, in that image's own
-pixel coordinates: boxes/labels/scores, full-resolution boolean instance masks, or a label map.
+pixel coordinates: boxes/labels/scores, instance masks (kept compact: see models/masks.py), or a label
+map. A batch is run as a few forward passes of similar shapes (models/shapes.py), never padded wastefully.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.transform import resize_boxes
 
+from models.masks import InstanceMasks
 from models.registry import MAX_DETECTIONS, build_model
+from models.shapes import PaddingStats, Shape, group_by_shape
 from models.store import Manifest, StoreError, load_entry
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "bf16"]
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How a model runs on a CUDA device; on a CPU both are ignored (autocast there is slower, not faster)."""
+
+    precision: Precision = "fp32"  # fp16/bf16: autocast the forward pass (weights stay fp32)
+    channels_last: bool = False  # NHWC memory layout, which tensor cores prefer for convolutions
 
 
 @dataclass(frozen=True)
@@ -35,7 +55,7 @@ class Detections:
     boxes: Tensor  # float32 [N, 4], x1 y1 x2 y2 in input pixels, sorted by descending score
     labels: Tensor  # int64 [N], dataset category ids
     scores: Tensor  # float32 [N]
-    masks: Tensor | None = None  # bool [N, H, W] at the input's resolution (instances only)
+    masks: InstanceMasks | None = None  # instances only: N masks over the input image
 
 
 @dataclass
@@ -55,13 +75,31 @@ def check_image(image: Tensor) -> None:
 
 class Predictor(ABC):
     task: ClassVar[str]
+    size_divisor: int = 32  # the backbone's stride: batches are padded to multiples of it
 
-    def __init__(self, model: nn.Module, manifest: Manifest, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        manifest: Manifest,
+        device: torch.device | str = "cpu",
+        acceleration: Acceleration | None = None,
+    ) -> None:
         if manifest.task != self.task:
             raise ValueError(f"{type(self).__name__} serves {self.task!r}, manifest is for {manifest.task!r}")
         self.device = torch.device(device)
+        self.acceleration = acceleration or Acceleration()
+        on_cuda = self.device.type == "cuda"
+        if not on_cuda and self.acceleration != Acceleration():
+            log.warning("%s: %s applies on CUDA devices only; running fp32 on %s", self.task, acceleration, device)
+        self.channels_last = on_cuda and self.acceleration.channels_last
+        self.autocast_dtype = _AUTOCAST.get(self.acceleration.precision) if on_cuda else None
         self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.manifest = manifest
+        # A forward pass runs images of similar shapes only: at most this share of its pixels is padding.
+        self.max_padding_waste = 0.2
+        self.padding = PaddingStats()
 
     @torch.inference_mode()
     def predict(self, images: Sequence[Tensor], queries: Sequence[Query] | None = None) -> list[Result]:
@@ -70,20 +108,37 @@ class Predictor(ABC):
             queries = [Query()] * len(images)
         if len(queries) != len(images):
             raise ValueError(f"{len(images)} images but {len(queries)} queries")
-        if not images:
-            return []
         for image in images:
             check_image(image)
-        return self._predict(images, queries)
+        shapes = [self.input_shape(*image.shape[-2:]) for image in images]
+        results: dict[int, Result] = {}
+        for group in group_by_shape(shapes, self.size_divisor, self.max_padding_waste):
+            self.padding.add([shapes[i] for i in group], self.size_divisor)
+            with self._autocast():
+                outputs = self._predict([images[i] for i in group], [queries[i] for i in group])
+            results.update(zip(group, outputs, strict=True))
+        return [results[i] for i in range(len(images))]
 
     def warmup(self, height: int = 240, width: int = 320) -> None:
         """One forward pass on a blank image, so the first request does not pay for lazy initialisation."""
         self.predict([torch.zeros(3, height, width, dtype=torch.uint8)])
 
     @abstractmethod
+    def input_shape(self, height: int, width: int) -> Shape:
+        """The (height, width) the network computes on for an image of this size, before batch padding."""
+
+    @abstractmethod
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]: ...
 
+    def _autocast(self) -> AbstractContextManager[object]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
     def _to_device(self, image: Tensor) -> Tensor:
+        if self.device.type == "cuda":
+            # uint8 crosses the bus (a quarter of float32's bytes), from pinned memory, without blocking.
+            image = image.pin_memory()
         return image.to(self.device, non_blocking=True).float().div_(255)
 
 
@@ -92,6 +147,12 @@ class DetectionPredictor(Predictor):
 
     task = "detect"
 
+    def input_shape(self, height: int, width: int) -> Shape:
+        # torchvision's GeneralizedRCNNTransform: shorter side to min_size unless the longer passes max_size.
+        transform: Any = self.model.transform  # torchvision's GeneralizedRCNNTransform
+        scale = min(float(transform.min_size[-1]) / min(height, width), float(transform.max_size) / max(height, width))
+        return int(height * scale), int(width * scale)
+
     def limit_detections(self, count: int) -> None:
         """Keep at most `count` detections per image inside the model, before Mask R-CNN pastes masks."""
         roi_heads = getattr(self.model, "roi_heads", None)
@@ -99,8 +160,25 @@ class DetectionPredictor(Predictor):
             roi_heads.detections_per_img = min(count, roi_heads.detections_per_img)
 
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]:
-        outputs = self.model([self._to_device(img) for img in images])
+        outputs = self._forward([self._to_device(img) for img in images])
         return [self._select(out, img, q) for out, img, q in zip(outputs, images, queries, strict=True)]
+
+    def _forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """torchvision's GeneralizedRCNN.forward in eval mode, minus pasting each mask into a full-size
+        image: masks stay [N, 1, M, M] probabilities over their boxes (boxes in the input's pixels)."""
+        model: Any = self.model  # a torchvision GeneralizedRCNN (every detect/instances architecture is)
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, _ = model.transform(images)
+        if self.channels_last:
+            batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
+        features = model.backbone(batch.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = model.rpn(batch, features)
+        outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        for output, resized, size in zip(outputs, batch.image_sizes, sizes, strict=True):
+            output["boxes"] = resize_boxes(output["boxes"], resized, size)
+        return outputs
 
     def _select(self, output: dict[str, Tensor], image: Tensor, query: Query) -> Detections:
         scores = output["scores"]
@@ -111,17 +189,18 @@ class DetectionPredictor(Predictor):
         # torchvision returns detections sorted by score, so the first max_detections kept are the best.
         index = keep.nonzero().flatten()[: query.max_detections]
         height, width = image.shape[-2:]
-        boxes = output["boxes"][index]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        boxes = output["boxes"][index].float()
         masks = None
         if "masks" in output:
-            masks = (output["masks"][index, 0] >= query.mask_threshold).cpu()
-        return Detections(boxes.float().cpu(), output["labels"][index].cpu(), scores[index].float().cpu(), masks)
+            # The grids stay on the device; thresholding and run lengths happen there (models/masks.py).
+            masks = InstanceMasks(output["masks"][index, 0], boxes.clone(), (height, width), query.mask_threshold)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        return Detections(boxes.cpu(), output["labels"][index].cpu(), scores[index].float().cpu(), masks)
 
 
 class InstancePredictor(DetectionPredictor):
-    """Mask R-CNN: boxes as for detection plus one full-resolution mask per kept instance."""
+    """Mask R-CNN: boxes as for detection plus one mask per kept instance."""
 
     task = "instances"
 
@@ -131,8 +210,14 @@ class SegmentationPredictor(Predictor):
 
     task = "segment"
 
-    def __init__(self, model: nn.Module, manifest: Manifest, device: torch.device | str = "cpu") -> None:
-        super().__init__(model, manifest, device)
+    def __init__(
+        self,
+        model: nn.Module,
+        manifest: Manifest,
+        device: torch.device | str = "cpu",
+        acceleration: Acceleration | None = None,
+    ) -> None:
+        super().__init__(model, manifest, device, acceleration)
         spec = manifest.input
         self.max_size = int(spec.get("max_size") or 0)
         self.size_divisor = int(spec.get("size_divisor", 32))
@@ -140,9 +225,19 @@ class SegmentationPredictor(Predictor):
         self.std = torch.tensor(spec["std"], device=self.device).view(3, 1, 1)
         self.label_dtype = torch.uint8 if manifest.num_classes <= 256 else torch.int32
 
+    def input_shape(self, height: int, width: int) -> Shape:
+        longest = max(height, width)
+        if not self.max_size or longest <= self.max_size:
+            return height, width
+        scale = self.max_size / longest
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]:
         prepared = [self._prepare(img) for img in images]
-        logits = self.model(self._pad(prepared))["out"]
+        batch = self._pad(prepared)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logits = self.model(batch)["out"]
         results: list[Result] = []
         for i, (image, x, query) in enumerate(zip(images, prepared, queries, strict=True)):
             scores = logits[i : i + 1, :, : x.shape[-2], : x.shape[-1]]
@@ -157,10 +252,8 @@ class SegmentationPredictor(Predictor):
 
     def _prepare(self, image: Tensor) -> Tensor:
         x = (self._to_device(image) - self.mean) / self.std
-        longest = max(x.shape[-2:])
-        if self.max_size and longest > self.max_size:
-            scale = self.max_size / longest
-            size = [max(1, round(s * scale)) for s in x.shape[-2:]]
+        size = self.input_shape(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         return x
 
@@ -180,11 +273,15 @@ PREDICTORS: dict[str, type[Predictor]] = {
 }
 
 
-def make_predictor(model: nn.Module, manifest: Manifest, device: torch.device | str = "cpu") -> Predictor:
-    return PREDICTORS[manifest.task](model, manifest, device)
+def make_predictor(
+    model: nn.Module, manifest: Manifest, device: torch.device | str = "cpu", acceleration: Acceleration | None = None
+) -> Predictor:
+    return PREDICTORS[manifest.task](model, manifest, device, acceleration)
 
 
-def load_predictor(store: Path | str, task: str, device: torch.device | str = "cpu") -> Predictor:
+def load_predictor(
+    store: Path | str, task: str, device: torch.device | str = "cpu", acceleration: Acceleration | None = None
+) -> Predictor:
     """Build the manifest's architecture and load its verified weights; any mismatch is a StoreError."""
     manifest, state_dict = load_entry(store, task)
     model = build_model(task, manifest.arch, manifest.num_classes, manifest.input, **manifest.options)
@@ -192,4 +289,4 @@ def load_predictor(store: Path | str, task: str, device: torch.device | str = "c
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         raise StoreError(f"weights in {Path(store) / task} do not fit {manifest.arch}: {exc}") from exc
-    return make_predictor(model, manifest, device)
+    return make_predictor(model, manifest, device, acceleration)

@@ -1,8 +1,9 @@
 """A dynamic batching queue, generic over what it batches: it knows nothing of HTTP or of models.
 
 Callers `submit` one item and await its own result. One worker task per queue collects items into a
-batch, closed at `max_batch_size` items or once the oldest item has waited `max_wait_s`, and runs the
-batch function on a dedicated thread so the event loop never does the heavy work.
+batch, closed at `max_batch_size` items, at `max_batch_cost` (the items' summed `cost`: for images, the
+pixels the model computes on) or once the oldest item has waited `max_wait_s`, and runs the batch
+function on a dedicated thread so the event loop never does the heavy work.
 
 Overload and faults are handled here too: a caller may `admit` itself before doing its own preparation
 (so a full queue refuses at once, before any upload is read), an item whose deadline passes while it
@@ -118,16 +119,21 @@ class Batcher(Generic[In, Out]):
         observer: BatchObserver | None = None,
         split_on: tuple[type[Exception], ...] = (),
         on_split: Callable[[], None] | None = None,
+        cost: Callable[[In], float] | None = None,
+        max_batch_cost: float = math.inf,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_s >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0 or max_batch_cost <= 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0, max_batch_cost > 0")
         self.name = name
         self.max_batch_size = max_batch_size
+        self.max_batch_cost = max_batch_cost
+        self._cost = cost or (lambda item: 1.0)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._runner = BatchRunner(fn, name=name, split_on=split_on, on_split=on_split)
         self._observer: BatchObserver = observer or _NoObserver()
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
+        self._held: _Pending[In, Out] | None = None  # taken off the queue but over budget: opens the next batch
         self._admitted = 0  # tickets handed out and not yet used or released
         self._inflight: list[_Pending[In, Out]] = []
         self._batch_started: float | None = None
@@ -138,7 +144,7 @@ class Batcher(Generic[In, Out]):
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + (self._held is not None)
 
     @property
     def running(self) -> bool:
@@ -227,7 +233,9 @@ class Batcher(Generic[In, Out]):
 
     def _fail_waiting(self, error: Exception) -> None:
         leftovers = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
-        self._inflight = []
+        if self._held is not None:
+            leftovers.append(self._held)
+        self._inflight, self._held = [], None
         for pending in leftovers:
             if not pending.future.done():
                 pending.future.set_exception(error)
@@ -236,7 +244,7 @@ class Batcher(Generic[In, Out]):
     async def _run(self) -> None:
         while True:
             batch = self._live(await self._collect())
-            self._observer.queue_depth(self._queue.qsize())
+            self._observer.queue_depth(self.depth)
             if not batch:
                 continue
             try:
@@ -280,20 +288,31 @@ class Batcher(Generic[In, Out]):
                 pending.future.set_result(Completed(outcome, started - pending.enqueued, seconds, len(batch)))
 
     async def _collect(self) -> list[_Pending[In, Out]]:
-        first = await self._queue.get()
+        first, self._held = self._held or await self._queue.get(), None
         batch = [first]
         self._inflight = batch  # items taken off the queue stay visible to stop() while we collect
         close_at = first.enqueued + self.max_wait_s
+        cost = self._cost(first.item)  # an item over the budget on its own still runs, alone
         while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = close_at - time.perf_counter()
-            if remaining <= 0:
+            pending = await self._next(close_at)
+            if pending is None:
                 break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
+            cost += self._cost(pending.item)
+            if cost > self.max_batch_cost:
+                self._held = pending  # first in line for the next batch: order is kept
                 break
+            batch.append(pending)
         return batch
+
+    async def _next(self, close_at: float) -> _Pending[In, Out] | None:
+        """The next queued item, waiting for one until `close_at` at the latest."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        remaining = close_at - time.perf_counter()
+        if remaining <= 0:
+            return None
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._queue.get()
+        except TimeoutError:
+            return None

@@ -8,6 +8,8 @@ from collections.abc import Collection, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.shapes import PaddingStats
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -40,10 +42,25 @@ class Metrics:
             "densepred_requests_rejected_total", "Requests answered with an error, by reason.", ["task", "reason"],
             registry=r,
         )  # fmt: skip
+        self.padding_waste = Gauge(
+            "densepred_padding_waste_ratio",
+            "Share of the pixels computed that were batch padding, since start (images are grouped by shape).",
+            ["task"],
+            registry=r,
+        )
+        self.forward_passes = Gauge(
+            "densepred_forward_passes", "Forward passes run since start (a batch of mixed shapes may take several).",
+            ["task"], registry=r,
+        )  # fmt: skip
         for task in tasks:
             # Touch each per-task series so dashboards see zeros, not gaps, before the first request.
             for family in (self.queue_wait, self.inference_duration, self.batch_size, self.queue_depth):
                 family.labels(task=task)
+
+    def watch_padding(self, task: str, stats: PaddingStats) -> None:
+        """Padding figures read off a predictor's own counters at each scrape."""
+        self.padding_waste.labels(task=task).set_function(lambda: stats.waste)
+        self.forward_passes.labels(task=task).set_function(lambda: stats.forwards)
 
     def observer(self, task: str) -> TaskObserver:
         return TaskObserver(self, task)

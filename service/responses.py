@@ -9,8 +9,9 @@ from PIL import Image
 from pydantic import BaseModel
 
 from client.overlay import encode_png, render_overlay
-from models import Detections, Manifest, SemanticMap
-from service.rle import encode_masks, mask_areas
+from models import Detections, Manifest, Region, SemanticMap
+from service.rle import encode_regions
+from service.scaling import upsample_nearest
 from service.schemas import Detection, InstanceDetection, Mask, ModelInfo, Segment
 
 
@@ -32,14 +33,12 @@ def detections(result: Detections, names: Mapping[int, str]) -> list[Detection]:
     ]
 
 
-def instances(
-    result: Detections, names: Mapping[int, str], size: tuple[int, int] | None = None
-) -> list[InstanceDetection]:
-    """`size` (height, width): the upload's, when the model saw a shrunk copy (masks are upsampled to it)."""
+def instances(result: Detections, names: Mapping[int, str]) -> list[InstanceDetection]:
+    """Masks are encoded from their box regions at the size they cover (see scaling.py for uploads the
+    model saw shrunk): never N full-frame masks."""
     if result.masks is None:
         raise ValueError("instance results carry masks")
-    rles = encode_masks(result.masks, size)
-    areas = mask_areas(rles)
+    rles, areas = encode_regions(result.masks.regions(), result.masks.size)
     return [
         InstanceDetection(**det.model_dump(), area=int(area), mask=Mask(**rle))
         for det, area, rle in zip(detections(result, names), areas, rles, strict=True)
@@ -51,10 +50,11 @@ def segments(result: SemanticMap, names: Mapping[int, str], size: tuple[int, int
     present = [int(i) for i in torch.unique(labels).tolist() if i != 0]  # 0 is background
     if not present:
         return []
+    if size is not None:
+        labels = upsample_nearest(labels, size)  # once, for all classes: they stay disjoint
     # One mask per class of a single label map: disjoint by construction.
-    masks = torch.stack([labels == i for i in present])
-    rles = encode_masks(masks, size)  # nearest upsampling of disjoint masks keeps them disjoint
-    areas = mask_areas(rles)
+    regions = [Region(labels == i, 0, 0) for i in present]
+    rles, areas = encode_regions(regions, (int(labels.shape[0]), int(labels.shape[1])))
     return [
         Segment(label=_label(names, i), label_id=i, area=int(area), mask=Mask(**rle))
         for i, area, rle in zip(present, areas, rles, strict=True)

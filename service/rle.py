@@ -1,13 +1,20 @@
-"""Boolean masks to COCO compressed RLE, the wire format of every mask the service returns."""
+"""Masks to COCO compressed RLE, the wire format of every mask the service returns.
+
+Run lengths are computed where the masks are (models.run_lengths: on the GPU when serving there), from
+each mask's region only; pycocotools then writes them in COCO's compressed string alphabet, so
+`pycocotools.mask.decode` gives back exactly the full-frame masks.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from models import Region, run_lengths
 from service.scaling import upsample_nearest
 
 
@@ -16,23 +23,29 @@ class Rle(TypedDict):
     counts: str
 
 
+def encode_regions(regions: Sequence[Region], size: tuple[int, int]) -> tuple[list[Rle], list[int]]:
+    """Masks given by their regions on an image of `size` (height, width): their RLEs and pixel areas."""
+    counts = run_lengths(regions, size)
+    if not counts:
+        return [], []
+    height, width = size
+    coded = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
+    # JSON has no bytes: the counts string is ASCII by construction (COCO's LEB128-like alphabet).
+    rles = [Rle(size=[height, width], counts=rle["counts"].decode("ascii")) for rle in coded]
+    return rles, [int(c[1::2].sum()) for c in counts]
+
+
 def encode_masks(masks: torch.Tensor, size: tuple[int, int] | None = None) -> list[Rle]:
     """[N, h, w] bool masks to N RLEs that `pycocotools.mask.decode` turns back into exactly these masks.
 
-    With `size` (H, W) other than (h, w), each mask is first upsampled to it (nearest neighbour), one at
-    a time, so memory holds one full-size mask rather than N.
+    With `size` (H, W) other than (h, w), each mask is first upsampled to it (nearest neighbour).
     """
     if masks.ndim != 3:
         raise ValueError(f"expected masks of shape [N, H, W], got {tuple(masks.shape)}")
-    if masks.shape[0] == 0:
-        return []
     if size is not None and size != tuple(masks.shape[-2:]):
-        return [encode_masks(upsample_nearest(mask, size)[None])[0] for mask in masks]
-    # pycocotools reads column-major H x W x N uint8; anything else is silently misread.
-    stacked = np.asfortranarray(masks.to(torch.uint8).permute(1, 2, 0).numpy())
-    encoded = mask_utils.encode(stacked)
-    # JSON has no bytes: the counts string is ASCII by construction (COCO's LEB128-like alphabet).
-    return [Rle(size=[int(s) for s in rle["size"]], counts=rle["counts"].decode("ascii")) for rle in encoded]
+        masks = torch.stack([upsample_nearest(mask, size) for mask in masks]) if len(masks) else masks
+    shape = (int(masks.shape[-2]), int(masks.shape[-1])) if size is None else size
+    return encode_regions([Region(mask, 0, 0) for mask in masks], shape)[0]
 
 
 def encode_mask(mask: torch.Tensor) -> Rle:
@@ -44,4 +57,4 @@ def mask_areas(rles: list[Rle]) -> list[int]:
     if not rles:
         return []
     coded = [{"size": rle["size"], "counts": rle["counts"].encode("ascii")} for rle in rles]
-    return [int(area) for area in mask_utils.area(coded)]
+    return [int(area) for area in np.asarray(mask_utils.area(coded))]

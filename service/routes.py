@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
@@ -30,7 +30,6 @@ from service.schemas import (
 )
 
 log = logging.getLogger(__name__)
-Body = TypeVar("Body", bound=BaseModel)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -57,7 +56,8 @@ ScoreThreshold = Annotated[float, Query(ge=0, le=1, description="Drop detections
 MaxDetections = Annotated[
     int, Query(ge=1, le=MAX_DETECTIONS, description="Keep the best N (at most the server's MAX_DETECTIONS).")
 ]
-MaskThreshold = Annotated[float, Query(ge=0, le=1, description="Mask probability at which a pixel is in.")]
+# Above 0: at 0 every pixel of the image, far outside the object's box, would be in its mask.
+MaskThreshold = Annotated[float, Query(gt=0, le=1, description="Mask probability at which a pixel is in.")]
 Classes = Annotated[
     str | None,
     Query(description="Comma-separated category names to keep (see /models); default all.", examples=["circle"]),
@@ -106,7 +106,7 @@ instances_router = APIRouter(tags=["inference"])
 @segment_router.post("/segment", response_model=SegmentResponse, summary="Semantic segmentation", **_DOC)
 async def segment(
     request: Request, runtime: RuntimeDep, timeout: TimeoutDep, classes: Classes = None, render: Render = None
-) -> SegmentResponse | Response:
+) -> Response:
     def query(m: TaskModel) -> models.Query:
         return models.Query(class_ids=_class_ids(m, classes))
 
@@ -125,7 +125,7 @@ async def detect(
     max_detections: MaxDetections = MAX_DETECTIONS,
     classes: Classes = None,
     render: Render = None,
-) -> DetectResponse | Response:
+) -> Response:
     def query(m: TaskModel) -> models.Query:
         return models.Query(score_threshold, max_detections, _class_ids(m, classes))
 
@@ -145,13 +145,13 @@ async def instances(
     classes: Classes = None,
     mask_threshold: MaskThreshold = 0.5,
     render: Render = None,
-) -> InstancesResponse | Response:
+) -> Response:
     def query(m: TaskModel) -> models.Query:
         return models.Query(score_threshold, max_detections, _class_ids(m, classes), mask_threshold)
 
     run = await _infer(request, runtime, "instances", query, timeout)
     result = cast(models.Detections, run.result)
-    found = await run_in_threadpool(responses.instances, result, run.model.names, run.upload_size)
+    found = await run_in_threadpool(responses.instances, result, run.model.names)
     return await _respond(run, InstancesResponse(detections=found, **run.envelope()), render)
 
 
@@ -171,7 +171,7 @@ class _Run:
 
     @property
     def upload_size(self) -> tuple[int, int] | None:
-        """(height, width) to upsample masks to, when the model saw a shrunk copy of the upload."""
+        """(height, width) to upsample a label map to, when the model saw a shrunk copy of the upload."""
         return (self.image.height, self.image.width) if self.image.scaled else None
 
     def envelope(self) -> dict[str, Any]:
@@ -188,9 +188,11 @@ class _Run:
         }
 
 
-async def _respond(run: _Run, body: Body, render: str | None) -> Body | Response:
+async def _respond(run: _Run, body: BaseModel, render: str | None) -> Response:
     if render != "png":
-        return body
+        # pydantic-core writes the JSON bytes in one Rust call (no dict, no json.dumps, no re-validation
+        # of a body we just built), whatever FastAPI version serves it: RLE-heavy bodies are large.
+        return Response(body.model_dump_json(), media_type="application/json")
     # The body is in the upload's pixels; the model may have seen a shrunk copy, so draw on the upload's size.
     png = await run_in_threadpool(lambda: responses.overlay_png(run.image.as_uploaded(), body))
     return Response(png, media_type="image/png")

@@ -13,7 +13,7 @@ from typing import Protocol
 import anyio
 import torch
 
-from models import Detections, Manifest, Query, SemanticMap, load_predictor
+from models import Acceleration, Detections, Manifest, Query, SemanticMap, load_predictor
 from models.devices import resolve_device
 from service.batching import Batcher
 from service.imaging import Limits
@@ -67,8 +67,10 @@ class TaskModel:
 
 
 def store_loader(settings: Settings) -> Loader:
+    acceleration = Acceleration(settings.precision, settings.channels_last)
+
     def load(task: str, device: torch.device) -> ServedModel:
-        return load_predictor(settings.model_dir, task, device)
+        return load_predictor(settings.model_dir, task, device, acceleration)
 
     return load
 
@@ -96,12 +98,29 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
+    """A job's cost for the batch's pixel budget: pixels at the model's input size (R-CNNs upscale)."""
+    input_shape = getattr(predictor, "input_shape", None)
+
+    def pixels(job: Job) -> float:
+        height, width = job.image.shape[-2:]
+        if callable(input_shape):
+            height, width = input_shape(height, width)
+        return float(height * width)
+
+    return pixels
+
+
 def _make_batcher(task: str, predictor: ServedModel, settings: Settings, metrics: Metrics) -> Batcher[Job, Result]:
     # Boxes beyond the cap would be dropped anyway; cutting them inside the model also bounds the
-    # masks Mask R-CNN pastes (optional: a test double may not have it).
+    # mask work (optional, like the padding figures: a test double may not have them).
     limit = getattr(predictor, "limit_detections", None)
     if callable(limit):
         limit(settings.max_detections)
+    padding = getattr(predictor, "padding", None)
+    if padding is not None:
+        setattr(predictor, "max_padding_waste", settings.max_padding_waste)  # noqa: B010 (optional attribute)
+        metrics.watch_padding(task, padding)
     return Batcher(
         _batch_fn(predictor),
         name=task,
@@ -111,6 +130,8 @@ def _make_batcher(task: str, predictor: ServedModel, settings: Settings, metrics
         observer=metrics.observer(task),
         split_on=(torch.cuda.OutOfMemoryError,),
         on_split=release_device_memory,
+        cost=_job_pixels(predictor),
+        max_batch_cost=settings.max_batch_pixels,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         default=10.0, ge=0, le=10_000, description="...or once its oldest image waited this long."
     )
+    max_batch_pixels: int = Field(
+        default=4_194_304,
+        ge=1,
+        description="...or once its images' pixels, at the model's input size, would pass this (memory bound).",
+    )
+    max_padding_waste: float = Field(
+        default=0.2, ge=0, le=1, description="Forward passes group images by shape: padding at most this share."
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32", description="On CUDA: autocast the forward pass to fp16 or bf16 (ignored on CPU)."
+    )
+    channels_last: bool = Field(default=False, description="On CUDA: NHWC memory layout for convolutions.")
     max_queue: int = Field(default=64, ge=1, description="Images waiting per model; beyond it requests get 429.")
     request_timeout_s: float = Field(default=10.0, gt=0, description="A request still waiting after this gets 504.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted upload (413 beyond).")

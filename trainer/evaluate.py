@@ -37,6 +37,7 @@ def _batches(indices: list[int], size: int) -> list[list[int]]:
 def detection_records(image_id: int, result: Detections) -> list[dict[str, Any]]:
     records = []
     rows = zip(result.boxes.tolist(), result.labels.tolist(), result.scores.tolist(), strict=True)
+    masks = None if result.masks is None else result.masks.dense()  # val images are small
     for i, ((x1, y1, x2, y2), label, score) in enumerate(rows):
         record: dict[str, Any] = {
             "image_id": image_id,
@@ -44,8 +45,8 @@ def detection_records(image_id: int, result: Detections) -> list[dict[str, Any]]
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "score": float(score),
         }
-        if result.masks is not None:
-            rle = mask_utils.encode(np.asfortranarray(result.masks[i].numpy().astype(np.uint8)))
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[i].numpy().astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
             record["segmentation"] = rle
         records.append(record)

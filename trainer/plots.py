@@ -82,7 +82,7 @@ def draw_result(image: Tensor, result: Detections | SemanticMap, names: dict[int
         return image
     colours = [COLOURS[int(label) % len(COLOURS)] for label in result.labels]
     if result.masks is not None and len(result.masks):
-        image = draw_segmentation_masks(image, result.masks, alpha=0.5, colors=colours)
+        image = draw_segmentation_masks(image, result.masks.dense(), alpha=0.5, colors=colours)
     if len(result.boxes):
         rows = zip(result.labels.tolist(), result.scores.tolist(), strict=True)
         labels = [f"{names.get(label, str(label))} {score:.2f}" for label, score in rows]

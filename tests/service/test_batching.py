@@ -40,10 +40,10 @@ class Recorder:
 
 @asynccontextmanager
 async def running(
-    fn: Callable[[list[int]], Sequence[int]], **options: float
+    fn: Callable[[list[int]], Sequence[int]], cost: Callable[[int], float] | None = None, **options: float
 ) -> AsyncIterator[tuple[Batcher[int, int], Recorder]]:
     recorder = Recorder()
-    config = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue": 16, **options}
+    config = {"max_batch_size": 4, "max_wait_s": 0.05, "max_queue": 16, "max_batch_cost": float("inf"), **options}
     batcher: Batcher[int, int] = Batcher(
         fn,
         name="test",
@@ -51,6 +51,8 @@ async def running(
         max_wait_s=config["max_wait_s"],
         max_queue=int(config["max_queue"]),
         observer=recorder,
+        cost=cost,
+        max_batch_cost=config["max_batch_cost"],
     )
     batcher.start()
     try:
@@ -331,3 +333,39 @@ async def test_a_dead_worker_fails_waiting_items_at_once_and_refuses_new_ones() 
     with pytest.raises(WorkerDiedError):
         await batcher.submit(9)
     await batcher.stop()
+
+
+async def test_a_batch_closes_at_its_cost_budget_and_keeps_the_order() -> None:
+    seen: list[list[int]] = []
+
+    def record(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return squares(items)
+
+    items = [4, 4, 4, 4, 9, 20, 1]
+    async with running(record, cost=float, max_batch_size=8, max_wait_s=0.5, max_batch_cost=10) as (batcher, _):
+        done = await asyncio.gather(*(batcher.submit(x) for x in items))
+    assert [c.value for c in done] == [x * x for x in items]
+    # 4+4 fits and 4 more would not; 9 alone; 20 is over the budget on its own and still runs, alone.
+    assert seen == [[4, 4], [4, 4], [9], [20], [1]]
+    assert [item for batch in seen for item in batch] == items
+
+
+async def test_an_item_held_over_for_the_next_batch_is_failed_on_stop() -> None:
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        release.wait(5)
+        return squares(items)
+
+    async with running(slow, cost=float, max_batch_size=8, max_wait_s=0.5, max_batch_cost=10) as (batcher, _):
+        first = asyncio.ensure_future(batcher.submit(6))
+        await asyncio.sleep(0.05)  # the lone 6 is collecting; 7 arrives, cannot fit, and is held over
+        held = asyncio.ensure_future(batcher.submit(7))
+        await asyncio.sleep(0.05)
+        assert batcher.depth == 1
+        await batcher.stop()
+        release.set()
+        for future in (first, held):
+            with pytest.raises(BatcherStoppedError):
+                await future

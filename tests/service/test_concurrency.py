@@ -167,3 +167,29 @@ async def test_request_past_its_deadline_gets_504(store: Path, predictors: dict[
             assert response.status_code == 504, response.text
             assert response.json()["error"]["code"] == "deadline_exceeded"
         assert (await client.post("/segment", **as_raw(data))).status_code == 200  # and the queue recovers
+
+
+async def test_batches_respect_the_pixel_budget_and_group_shapes(store: Path, predictors: dict[str, Predictor]) -> None:
+    landscape, portrait = (64, 160), (160, 64)
+    sizes = [landscape, portrait] * 4
+    settings = settings_for(store, tasks="segment", max_batch_size=8, max_wait_ms=300, max_batch_pixels=3 * 64 * 160)
+    padding = predictors["segment"].padding  # the shared predictor's counters, since it was built
+    async with serve(settings, lambda task, device: predictors[task]) as client:
+        before = padding.image_pixels, padding.padded_pixels, padding.forwards
+        calls = [
+            client.post("/segment", **as_raw(encode(blocks_image(400 + i, h, w)))) for i, (h, w) in enumerate(sizes)
+        ]
+        responses = await asyncio.gather(*calls)
+        text = (await client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [200] * len(sizes)
+    sizes_seen = metric_samples(text, "densepred_batch_size_bucket")
+    batches = metric_samples(text, "densepred_batch_size_count")['{task="segment"}']
+    assert sizes_seen['{le="3.0",task="segment"}'] == batches, "a batch went over the pixel budget"
+    assert batches >= 3  # 8 images, at most 3 per batch
+    assert metric_samples(text, "densepred_padding_waste_ratio")['{task="segment"}'] == pytest.approx(padding.waste)
+    assert metric_samples(text, "densepred_forward_passes")['{task="segment"}'] == padding.forwards
+    # The images' sides are multiples of 32: only a landscape padded to a portrait's height (or the
+    # reverse) in one forward pass would waste pixels.
+    assert padding.image_pixels - before[0] == 8 * 64 * 160
+    assert padding.padded_pixels - before[1] == 8 * 64 * 160
+    assert padding.forwards - before[2] >= batches

@@ -92,6 +92,7 @@ async def test_content_length_is_checked_before_reading(small_limits: httpx.Asyn
         ("/detect", {"max_detections": "0"}, "max_detections"),
         ("/instances", {"max_detections": "101"}, "max_detections"),
         ("/instances", {"mask_threshold": "2"}, "mask_threshold"),
+        ("/instances", {"mask_threshold": "0"}, "mask_threshold"),
         ("/detect", {"classes": "circle,dog"}, "circle, square, triangle"),
         ("/segment", {"classes": "Circle"}, "circle, square, triangle"),
         ("/instances", {"classes": ","}, "circle, square, triangle"),

@@ -76,7 +76,8 @@ async def test_instance_masks_are_the_predictors_masks_bit_for_bit(
     assert isinstance(own, Detections)
     assert own.masks is not None
     assert len(body["detections"]) == len(own.masks) > 0
-    for det, mask, box, label in zip(body["detections"], own.masks, own.boxes, own.labels, strict=True):
+    masks = own.masks.dense()
+    for det, mask, box, label in zip(body["detections"], masks, own.boxes, own.labels, strict=True):
         assert det["mask"]["size"] == [60, 80]
         assert np.array_equal(_decode_rle(det["mask"]), mask.numpy().astype(np.uint8))
         assert det["area"] == int(mask.sum())

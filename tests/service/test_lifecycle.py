@@ -91,6 +91,8 @@ async def test_metrics_names_labels_and_no_series_for_unknown_paths(
         "densepred_batch_size",
         "densepred_queue_depth",
         "densepred_requests_rejected_total",
+        "densepred_padding_waste_ratio",
+        "densepred_forward_passes",
     ):
         assert f"# TYPE {name} " in text, name
     durations = metric_samples(text, "densepred_request_duration_seconds_count")
