@@ -1,7 +1,8 @@
 """Side by side, in one run: the raw model, the service, the service without batching, and LitServe.
 
     .venv/bin/python bench/compare.py --tasks segment detect instances --model-dir artifacts/models \\
-        --out bench/results/compare_cpu            # about 20 minutes on 2 CPU cores; --quick: 1-2 minutes
+        --out bench/results/compare_cpu    # about 20 minutes on 2 CPU cores
+    .venv/bin/python bench/compare.py --quick --out /tmp/compare_smoke    # detect only, about 1.5 minutes
 
 Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifacts/shapes/images/val):
   (a) raw        Predictor.predict in this process, batches of 1 and of the max batch size: the limit;
@@ -38,6 +39,7 @@ import loadgen
 import plot
 import raw
 import systems
+import torch
 from harness import images, machine
 
 TASKS = ("segment", "detect", "instances")
@@ -184,6 +186,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "rate_factors": args.rates,
         "quick": args.quick,
+        "torch_threads": args.torch_threads or os.environ.get("OMP_NUM_THREADS") or "torch default",
         "systems": args.systems,
         "model_dir": str(args.model_dir),
         "client": "bench/loadgen.py: asyncio streams, HTTP/1.1 keep-alive, pre-built multipart requests, "
@@ -193,7 +196,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", "--task", nargs="+", choices=TASKS, default=["detect"])
+    parser.add_argument("--tasks", "--task", nargs="+", choices=TASKS, help="default: all three (--quick: detect)")
     parser.add_argument("--model-dir", type=Path, default=Path("artifacts/models"))
     parser.add_argument("--images", type=Path, help="a folder of JPEG/PNG/WEBP images instead of the synthetic set")
     parser.add_argument("--image-count", type=int, default=32)
@@ -206,9 +209,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--raw-seconds", type=float, default=5.0, help="per raw batch size")
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--slo-ms", type=float, default=500.0, help="latency SLO for goodput")
+    parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS for every system (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short ones (1-2 min per task)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare_cpu"), help="writes OUT.json, OUT.png")
     args = parser.parse_args(argv)
+    args.tasks = args.tasks or (["detect"] if args.quick else list(TASKS))
     if args.quick:
         args.image_count, args.concurrency, args.rates = min(args.image_count, 16), [1, MAX_BATCH], [1.0]
         args.seconds, args.raw_seconds, args.warmup_s = 3.0, 2.0, 1.0
@@ -217,6 +222,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.torch_threads:
+        # Servers inherit the environment; this process has imported torch already, so set it here too.
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+        torch.set_num_threads(args.torch_threads)
     pictures, about = load_pictures(args)
     report: dict[str, Any] = {"machine": describe_machine(), "images": about, "settings": settings(args), "tasks": {}}
     started = time.perf_counter()

@@ -1,10 +1,11 @@
-"""The PNG of bench/compare.py: one row per task, three panels.
+"""The PNG of bench/compare.py: one row per task, four panels.
 
 1. Throughput vs concurrency (closed loop) for each server, with the raw forward as horizontal lines
    (dashed: batches of 8, the ceiling; dotted: batch 1).
 2. Latency vs concurrency: p50 solid, p99 dashed, log scale; the raw batch-1 forward as a dotted line.
 3. Open loop: goodput (answers within the SLO, per second) vs offered rate; the grey diagonal is "every
    request answered in time".
+4. Open loop: latency p50 (solid) and p99 (dashed) vs offered rate.
 
     python bench/plot.py bench/results/compare_cpu.json    # redraw a PNG from a saved JSON
 """
@@ -73,6 +74,18 @@ def _goodput(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None
     ax.legend(fontsize="small")
 
 
+def _open_latency(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None:
+    for name, system in report["systems"].items():
+        points = _points(system, "open")
+        offered = [p["offered_rps"] for p in points]
+        ax.plot(offered, [p["p50_ms"] for p in points], "o-", **STYLE[name])
+        ax.plot(offered, [p["p99_ms"] for p in points], "x--", color=STYLE[name]["color"])
+    ax.axhline(slo_ms, color="red", linewidth=0.8, label=f"SLO {slo_ms:g} ms")
+    ax.set(title=f"{task}: open loop latency (solid p50, dashed p99)", xlabel="offered images / s", ylabel="ms")
+    ax.set(yscale="log", xlim=(0, None))
+    ax.legend(fontsize="small")
+
+
 def _concurrency_ticks(ax: Axes, report: dict[str, Any]) -> None:
     levels = sorted({p["concurrency"] for s in report["systems"].values() for p in _points(s, "closed")})
     if levels:
@@ -83,11 +96,12 @@ def _concurrency_ticks(ax: Axes, report: dict[str, Any]) -> None:
 def figure(report: dict[str, Any], path: Path) -> None:
     tasks = report["tasks"]
     slo_ms = report["settings"]["slo_ms"]
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(17, 4.6 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(22, 4.6 * len(tasks)), squeeze=False)
     for row, (task, figures) in zip(axes, tasks.items(), strict=True):
         _throughput(row[0], task, figures)
         _latency(row[1], task, figures, slo_ms)
         _goodput(row[2], task, figures, slo_ms)
+        _open_latency(row[3], task, figures, slo_ms)
     machine = report["machine"]
     quick = " (quick smoke run)" if report["settings"]["quick"] else ""
     fig.suptitle(
