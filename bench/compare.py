@@ -113,7 +113,9 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
     reference = results.get("service", {}).get("answer")
     for result in results.values():
         result["same_answer_as_service"] = result.pop("answer") == reference
-    return {"raw": limit, "systems": results, "seconds": round(time.perf_counter() - started, 1)}
+    # Another process busy on the cores shows here (the machine's 1-minute load average as the task ends).
+    load = round(os.getloadavg()[0], 2)
+    return {"raw": limit, "systems": results, "seconds": round(time.perf_counter() - started, 1), "load_after": load}
 
 
 def _closed(report: dict[str, Any], name: str) -> dict[int, dict[str, Any]]:
