@@ -65,8 +65,10 @@ def _answer(body: bytes) -> Any:
     return answer
 
 
-async def exercise(server: systems.Server, task: str, pictures: Pictures, args: argparse.Namespace) -> dict[str, Any]:
-    """Warm up, keep one answer for comparison, then every closed-loop and open-loop point."""
+async def exercise(
+    server: systems.Server, task: str, pictures: Pictures, capacity: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Warm up, keep one answer for comparison, then every closed-loop and open-loop point (rates x capacity)."""
     requests = [loadgen.multipart_request(server.host(), f"/{task}", data, media) for data, media in pictures]
     status, body = await loadgen.fetch(systems.HOST, server.port, requests[0])
     answer = _answer(body) if status == 200 else {"status": status}
@@ -76,7 +78,7 @@ async def exercise(server: systems.Server, task: str, pictures: Pictures, args: 
         run = loadgen.closed_loop(systems.HOST, server.port, requests, concurrency, args.seconds)
         points.append({"mode": "closed", "concurrency": concurrency} | await _point(server, run, args))
     for factor in args.rates:
-        rate = factor * args.capacity
+        rate = factor * capacity
         count = max(10, round(rate * args.seconds))
         run = loadgen.open_loop(systems.HOST, server.port, requests, rate, count, seed=args.seed)
         about = {"mode": "open", "rate_factor": factor, "offered_rps": round(rate, 2)}
@@ -99,7 +101,7 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
     print(f"{task}: raw forward", flush=True)
     limit = raw.measure(args.model_dir, task, pictures, [1, MAX_BATCH], args.raw_seconds)
     print(f"  raw       {json.dumps(limit['batches'])}", flush=True)
-    args.capacity = limit["batches"][-1]["images_per_s"]  # open-loop rates are relative to the batched limit
+    capacity = limit["batches"][-1]["images_per_s"]  # open-loop rates are relative to the batched limit
     servers: dict[str, Callable[[], AbstractContextManager[systems.Server]]] = {
         "service": lambda: systems.densepred("service", args.model_dir, task, MAX_BATCH, MAX_WAIT_MS),
         "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS),
@@ -109,10 +111,11 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
     for name in args.systems:
         print(f"{task}: {name}", flush=True)
         with servers[name]() as server:
-            results[name] = asyncio.run(exercise(server, task, pictures, args))
+            results[name] = asyncio.run(exercise(server, task, pictures, capacity, args))
     reference = results.get("service", {}).get("answer")
     for result in results.values():
-        result["same_answer_as_service"] = result.pop("answer") == reference
+        answer = result.pop("answer")
+        result["same_answer_as_service"] = None if reference is None else answer == reference
     # Another process busy on the cores shows here (the machine's 1-minute load average as the task ends).
     load = round(os.getloadavg()[0], 2)
     return {"raw": limit, "systems": results, "seconds": round(time.perf_counter() - started, 1), "load_after": load}
