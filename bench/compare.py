@@ -1,0 +1,251 @@
+"""Side by side, in one run: the raw model, the service, the service without batching, and LitServe.
+
+    .venv/bin/python bench/compare.py --tasks segment detect instances --model-dir artifacts/models \\
+        --out bench/results/compare_cpu    # about 20 minutes on 2 CPU cores
+    .venv/bin/python bench/compare.py --quick --out /tmp/compare_smoke    # detect only, about 1.5 minutes
+
+Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifacts/shapes/images/val):
+  (a) raw        Predictor.predict in this process, batches of 1 and of the max batch size: the limit;
+  (b) service    `python -m service`, default settings (MAX_BATCH_SIZE 8, MAX_WAIT_MS 10, all models);
+  (c) batch1     the same with MAX_BATCH_SIZE=1: batching off;
+  (d) litserve   LitServe hosting the same predictor, batching on with the same 8 / 10 ms, doing the same
+                 decode and JSON per request (bench/litserve_app.py).
+(b)-(d) get multipart uploads, as `curl -F` sends them, from bench/loadgen.py: closed loop at each
+--concurrency, then open loop (Poisson arrivals) at each --rates factor x the raw batched capacity.
+Only one server runs at a time, each warmed up first.
+
+Writes <out>.json (machine and versions, settings, every figure, and `ratios` with the issue's targets)
+and <out>.png (throughput and latency vs concurrency, goodput vs offered rate). Reading them: the raw
+batched line is the ceiling; `ratios.<task>.targets` says for each target its value and whether it is met.
+Every run records `client_cpu_share`: the load generator shares the cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import loadgen
+import plot
+import raw
+import systems
+import torch
+from harness import images, machine
+
+TASKS = ("segment", "detect", "instances")
+MAX_BATCH = 8
+MAX_WAIT_MS = 10.0
+Pictures = list[tuple[bytes, str]]
+MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+
+def load_pictures(args: argparse.Namespace) -> tuple[Pictures, dict[str, Any]]:
+    if args.images is None:
+        about = {"source": "bench/harness.py images()", "count": args.image_count, "seed": args.seed}
+        return images(args.image_count, args.seed), about | {"sizes_px": [160, 480]}
+    files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in MEDIA)[: args.image_count]
+    if not files:
+        raise SystemExit(f"no images in {args.images}")
+    return [(p.read_bytes(), MEDIA[p.suffix.lower()]) for p in files], {"source": str(args.images), "count": len(files)}
+
+
+def _answer(body: bytes) -> Any:
+    answer = json.loads(body)
+    answer.pop("timing_ms", None)  # the only field expected to differ between servers
+    return answer
+
+
+async def exercise(
+    server: systems.Server, task: str, pictures: Pictures, capacity: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Warm up, keep one answer for comparison, then every closed-loop and open-loop point (rates x capacity)."""
+    requests = [loadgen.multipart_request(server.host(), f"/{task}", data, media) for data, media in pictures]
+    status, body = await loadgen.fetch(systems.HOST, server.port, requests[0])
+    answer = _answer(body) if status == 200 else {"status": status}
+    await loadgen.closed_loop(systems.HOST, server.port, requests, MAX_BATCH, args.warmup_s)
+    points = []
+    for concurrency in args.concurrency:
+        run = loadgen.closed_loop(systems.HOST, server.port, requests, concurrency, args.seconds)
+        points.append({"mode": "closed", "concurrency": concurrency} | await _point(server, run, args))
+    for factor in args.rates:
+        rate = factor * capacity
+        count = max(10, round(rate * args.seconds))
+        run = loadgen.open_loop(systems.HOST, server.port, requests, rate, count, seed=args.seed)
+        about = {"mode": "open", "rate_factor": factor, "offered_rps": round(rate, 2)}
+        points.append(about | await _point(server, run, args))
+    return {"started_s": round(server.started_s, 2), "settings": server.settings, "answer": answer, "points": points}
+
+
+async def _point(server: systems.Server, run: Any, args: argparse.Namespace) -> dict[str, Any]:
+    before = await server.batches()
+    summary = await loadgen.measure(run, args.slo_ms / 1000)
+    after = await server.batches()
+    batches = after[1] - before[1]
+    summary["mean_batch_size"] = round((after[0] - before[0]) / batches, 2) if batches else None
+    print(f"  {server.name:9} {json.dumps(summary)}", flush=True)
+    return summary
+
+
+def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    print(f"{task}: raw forward", flush=True)
+    limit = raw.measure(args.model_dir, task, pictures, [1, MAX_BATCH], args.raw_seconds)
+    print(f"  raw       {json.dumps(limit['batches'])}", flush=True)
+    capacity = limit["batches"][-1]["images_per_s"]  # open-loop rates are relative to the batched limit
+    servers: dict[str, Callable[[], AbstractContextManager[systems.Server]]] = {
+        "service": lambda: systems.densepred("service", args.model_dir, task, MAX_BATCH, MAX_WAIT_MS),
+        "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS),
+        "litserve": lambda: systems.litserve(args.model_dir, task, MAX_BATCH, MAX_WAIT_MS),
+    }
+    results: dict[str, Any] = {}
+    for name in args.systems:
+        print(f"{task}: {name}", flush=True)
+        with servers[name]() as server:
+            results[name] = asyncio.run(exercise(server, task, pictures, capacity, args))
+    reference = results.get("service", {}).get("answer")
+    for result in results.values():
+        answer = result.pop("answer")
+        result["same_answer_as_service"] = None if reference is None else answer == reference
+    # Another process busy on the cores shows here (the machine's 1-minute load average as the task ends).
+    load = round(os.getloadavg()[0], 2)
+    return {"raw": limit, "systems": results, "seconds": round(time.perf_counter() - started, 1), "load_after": load}
+
+
+def _closed(report: dict[str, Any], name: str) -> dict[int, dict[str, Any]]:
+    points = report["systems"].get(name, {}).get("points", [])
+    return {p["concurrency"]: p for p in points if p["mode"] == "closed"}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's CPU targets, from one task's figures; None where a run needed for one was not made."""
+    batches = {b["batch_size"]: b for b in report["raw"]["batches"]}
+    service, batch1, lit = (_closed(report, name) for name in ("service", "batch1", "litserve"))
+    peak = {name: max((p["throughput_rps"] for p in points.values()), default=None)
+            for name, points in (("service", service), ("batch1", batch1), ("litserve", lit))}  # fmt: skip
+    c1, c8 = service.get(1, {}), service.get(MAX_BATCH, {})
+    sequential = max(service.get(1, {}).get("throughput_rps", 0), batch1.get(1, {}).get("throughput_rps", 0))
+    p50_c1, forward_b1 = c1.get("p50_ms"), batches[1]["batch_p50_ms"]
+    overhead = None if p50_c1 is None else round(p50_c1 / forward_b1 - 1, 3)
+    lit_c8 = lit.get(MAX_BATCH, {})
+    versus = {c: {"throughput_ratio": _ratio(p["throughput_rps"], lit[c]["throughput_rps"]),
+                  "p99_ms": {"service": p["p99_ms"], "litserve": lit[c]["p99_ms"]}}
+              for c, p in service.items() if c in lit}  # fmt: skip
+    saturation = _ratio(peak["service"], batches[MAX_BATCH]["images_per_s"])
+    c8_vs_sequential = _ratio(c8.get("throughput_rps"), sequential)
+    vs_lit = _ratio(peak["service"], peak["litserve"])
+    p99_lower = None if not (c8 and lit_c8) else bool(c8["p99_ms"] < lit_c8["p99_ms"])
+    started = report["systems"].get("service", {}).get("started_s")
+    return {
+        "peak_throughput_rps": peak,
+        "service_c8_vs_service_c1": _ratio(c8.get("throughput_rps"), c1.get("throughput_rps")),
+        "service_c8_vs_batch1_c1": _ratio(c8.get("throughput_rps"), batch1.get(1, {}).get("throughput_rps")),
+        "vs_litserve_by_concurrency": versus,
+        "cold_start_s": {name: s["started_s"] for name, s in report["systems"].items()},
+        "targets": {
+            "saturation_vs_raw_batched": _target(saturation, ">=", 0.9),
+            "p50_overhead_c1_vs_forward_b1": _target(overhead, "<=", 0.10),
+            "c8_vs_best_sequential": _target(c8_vs_sequential, ">=", 0.9),
+            "peak_throughput_vs_litserve": _target(vs_lit, ">=", 1.3),
+            "p99_lower_than_litserve_at_c8": {"value": p99_lower, "target": "true", "met": p99_lower},
+            "cold_start_s": _target(started, "<=", 10),
+        },
+    }
+
+
+def _target(value: float | None, sense: str, bound: float) -> dict[str, Any]:
+    met = None if value is None else (value >= bound if sense == ">=" else value <= bound)
+    return {"value": value, "target": f"{sense} {bound:g}", "met": met}
+
+
+def describe_machine() -> dict[str, Any]:
+    about = machine()
+    for package in ("torchvision", "litserve", "fastapi", "uvicorn", "pydantic"):
+        about[package] = version(package)
+    about["load_average_at_start"] = os.getloadavg()
+    about["cpu_model"] = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                               if line.startswith("model name")), platform.processor())  # fmt: skip
+    return about
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_batch_size": MAX_BATCH,
+        "max_wait_ms": MAX_WAIT_MS,
+        "slo_ms": args.slo_ms,
+        "seconds_per_point": args.seconds,
+        "raw_seconds_per_batch_size": args.raw_seconds,
+        "concurrency": args.concurrency,
+        "rate_factors": args.rates,
+        "quick": args.quick,
+        "torch_threads": args.torch_threads or os.environ.get("OMP_NUM_THREADS") or "torch default",
+        "systems": args.systems,
+        "model_dir": str(args.model_dir),
+        "client": "bench/loadgen.py: asyncio streams, HTTP/1.1 keep-alive, pre-built multipart requests, "
+        "status + Content-Length parsing only; each run's client_cpu_share is its CPU use as a share of one core",
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", "--task", nargs="+", choices=TASKS, help="default: all three (--quick: detect)")
+    parser.add_argument("--model-dir", type=Path, default=Path("artifacts/models"))
+    parser.add_argument("--images", type=Path, help="a folder of JPEG/PNG/WEBP images instead of the synthetic set")
+    parser.add_argument("--image-count", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", nargs="+", choices=("service", "batch1", "litserve"),
+                        default=["service", "batch1", "litserve"])  # fmt: skip
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.8, 1.0, 1.2], help="x raw batched capacity")
+    parser.add_argument("--seconds", type=float, default=7.0, help="per load point")
+    parser.add_argument("--raw-seconds", type=float, default=5.0, help="per raw batch size")
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--slo-ms", type=float, default=500.0, help="latency SLO for goodput")
+    parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS for every system (default: torch's own)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short ones (1-2 min per task)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/compare_cpu"), help="writes OUT.json, OUT.png")
+    args = parser.parse_args(argv)
+    args.tasks = args.tasks or (["detect"] if args.quick else list(TASKS))
+    if args.quick:
+        args.image_count, args.concurrency, args.rates = min(args.image_count, 16), [1, MAX_BATCH], [1.0]
+        args.seconds, args.raw_seconds, args.warmup_s = 3.0, 2.0, 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    if args.torch_threads:
+        # Servers inherit the environment; this process has imported torch already, so set it here too.
+        os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
+        torch.set_num_threads(args.torch_threads)
+    pictures, about = load_pictures(args)
+    report: dict[str, Any] = {"machine": describe_machine(), "images": about, "settings": settings(args), "tasks": {}}
+    started = time.perf_counter()
+    for task in dict.fromkeys(args.tasks):
+        report["tasks"][task] = run_task(task, pictures, args)
+        report["tasks"][task]["ratios"] = ratios(report["tasks"][task])
+        print(json.dumps({task: report["tasks"][task]["ratios"]["targets"]}, indent=1), flush=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["images"]["pixels_mean"] = statistics.fmean(t["raw"]["pixels_mean"] for t in report["tasks"].values())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = Path(f"{args.out}.json"), Path(f"{args.out}.png")
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    plot.figure(report, png_path)
+    print(f"wrote {json_path} and {png_path} in {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The PNG of bench/compare.py: one row per task, four panels.
+
+1. Throughput vs concurrency (closed loop) for each server, with the raw forward as horizontal lines
+   (dashed: batches of 8, the ceiling; dotted: batch 1).
+2. Latency vs concurrency: p50 solid, p99 dashed, log scale; the raw batch-1 forward as a dotted line.
+3. Open loop: goodput (answers within the SLO, per second) vs offered rate; the grey diagonal is "every
+   request answered in time".
+4. Open loop: latency p50 (solid) and p99 (dashed) vs offered rate.
+
+    python bench/plot.py bench/results/compare_cpu.json    # redraw a PNG from a saved JSON
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+STYLE = {
+    "service": {"color": "tab:blue", "label": "service (batch 8)"},
+    "batch1": {"color": "tab:orange", "label": "service, batching off"},
+    "litserve": {"color": "tab:green", "label": "LitServe (batch 8)"},
+}
+
+
+def _points(system: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    return [p for p in system["points"] if p["mode"] == mode]
+
+
+def _throughput(ax: Axes, task: str, report: dict[str, Any]) -> None:
+    for name, system in report["systems"].items():
+        points = _points(system, "closed")
+        ax.plot([p["concurrency"] for p in points], [p["throughput_rps"] for p in points], "o-", **STYLE[name])
+    for run in report["raw"]["batches"]:
+        line = "--" if run["batch_size"] > 1 else ":"
+        ax.axhline(run["images_per_s"], color="black", linestyle=line, label=f"raw forward, batch {run['batch_size']}")
+    ax.set(title=f"{task}: throughput", xlabel="concurrent clients", ylabel="images / s", xscale="log", ylim=(0, None))
+    _concurrency_ticks(ax, report)
+    ax.legend(fontsize="small")
+
+
+def _latency(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None:
+    for name, system in report["systems"].items():
+        points = _points(system, "closed")
+        x = [p["concurrency"] for p in points]
+        ax.plot(x, [p["p50_ms"] for p in points], "o-", **STYLE[name])
+        ax.plot(x, [p["p99_ms"] for p in points], "x--", color=STYLE[name]["color"])
+    forward = next(r for r in report["raw"]["batches"] if r["batch_size"] == 1)
+    ax.axhline(forward["batch_p50_ms"], color="black", linestyle=":", label="raw forward, batch 1 (p50)")
+    ax.axhline(slo_ms, color="red", linewidth=0.8, label=f"SLO {slo_ms:g} ms")
+    ax.set(title=f"{task}: latency (solid p50, dashed p99)", xlabel="concurrent clients", ylabel="ms")
+    ax.set(xscale="log", yscale="log")
+    _concurrency_ticks(ax, report)
+    ax.legend(fontsize="small")
+
+
+def _goodput(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None:
+    top = 0.0
+    for name, system in report["systems"].items():
+        points = _points(system, "open")
+        offered = [p["offered_rps"] for p in points]
+        ax.plot(offered, [p["goodput_rps"] for p in points], "o-", **STYLE[name])
+        top = max([top, *offered])
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered")
+    ax.set(title=f"{task}: open loop, goodput (p ≤ {slo_ms:g} ms)", xlabel="offered images / s", ylabel="images / s")
+    ax.set(xlim=(0, None), ylim=(0, None))
+    ax.legend(fontsize="small")
+
+
+def _open_latency(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None:
+    for name, system in report["systems"].items():
+        points = _points(system, "open")
+        offered = [p["offered_rps"] for p in points]
+        ax.plot(offered, [p["p50_ms"] for p in points], "o-", **STYLE[name])
+        ax.plot(offered, [p["p99_ms"] for p in points], "x--", color=STYLE[name]["color"])
+    ax.axhline(slo_ms, color="red", linewidth=0.8, label=f"SLO {slo_ms:g} ms")
+    ax.set(title=f"{task}: open loop latency (solid p50, dashed p99)", xlabel="offered images / s", ylabel="ms")
+    ax.set(yscale="log", xlim=(0, None))
+    ax.legend(fontsize="small")
+
+
+def _concurrency_ticks(ax: Axes, report: dict[str, Any]) -> None:
+    levels = sorted({p["concurrency"] for s in report["systems"].values() for p in _points(s, "closed")})
+    if levels:
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.minorticks_off()
+
+
+def figure(report: dict[str, Any], path: Path) -> None:
+    tasks = report["tasks"]
+    slo_ms = report["settings"]["slo_ms"]
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(22, 4.6 * len(tasks)), squeeze=False)
+    for row, (task, figures) in zip(axes, tasks.items(), strict=True):
+        _throughput(row[0], task, figures)
+        _latency(row[1], task, figures, slo_ms)
+        _goodput(row[2], task, figures, slo_ms)
+        _open_latency(row[3], task, figures, slo_ms)
+    machine = report["machine"]
+    quick = " (quick smoke run)" if report["settings"]["quick"] else ""
+    fig.suptitle(
+        f"densepred vs raw forward vs LitServe: {machine['cpus']} CPUs, torch {machine['torch']}, "
+        f"{report['images']['count']} mixed-size images{quick}"
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (4.6 * len(tasks))))  # leave the title its own strip
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1])
+    figure(json.loads(source.read_text()), source.with_suffix(".png"))

@@ -1,0 +1,115 @@
+"""The servers bench/compare.py measures, each a subprocess on a loopback port, started one at a time.
+
+Only one server runs at once: on a 2-core machine a second idle server would still cost memory, and
+a busy one would steal cores. Each exposes how many batches it ran and how many images they held, so
+mean batch sizes can be reported for every run (the service from its own Prometheus histogram,
+LitServe from a line per batch that bench/litserve_app.py appends to a file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import loadgen
+from harness import PROCESS_ENVIRONMENT, REPO, metric, service
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    started_s: float  # from spawning the process to its readiness probe answering 200
+    batches: Callable[[], Awaitable[tuple[float, float]]]  # (images, batches) so far, for mean batch sizes
+    settings: dict[str, str]
+
+    def host(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+def _service_batches(port: int, task: str) -> Callable[[], Awaitable[tuple[float, float]]]:
+    async def read() -> tuple[float, float]:
+        status, body = await loadgen.fetch(HOST, port, loadgen.get_request(f"{HOST}:{port}", "/metrics"))
+        text = body.decode() if status == 200 else ""
+        labels = f'{{task="{task}"}}'
+        return metric(text, "densepred_batch_size_sum", labels), metric(text, "densepred_batch_size_count", labels)
+
+    return read
+
+
+@contextlib.contextmanager
+def densepred(name: str, model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float) -> Iterator[Server]:
+    """`python -m service` with the default settings (all three models served) but the batching given."""
+    spawned = time.perf_counter()
+    with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) as served:
+        ready = time.perf_counter() - spawned
+        port = urlsplit(served.url).port
+        assert port is not None
+        yield Server(name, port, ready, _service_batches(port, task), served.settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float) -> Iterator[Server]:
+    port = _free_port()
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(tempfile.NamedTemporaryFile("w+b", suffix=".log"))
+        batch_log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "batches.txt"
+        batch_log.touch()
+        settings = {"max_batch_size": str(max_batch_size), "batch_timeout_ms": str(max_wait_ms), "timeout_s": "10"}
+        command = [sys.executable, str(REPO / "bench" / "litserve_app.py"), "--model-dir", str(model_dir)]
+        command += ["--task", task, "--port", str(port), "--batch-log", str(batch_log)]
+        command += ["--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(max_wait_ms)]
+        env = os.environ | PROCESS_ENVIRONMENT | {"PYTHONPATH": str(REPO)}
+        spawned = time.perf_counter()
+        # A session of its own: LitServe forks an API server and an inference worker, and all of them
+        # (and only them) must go when the run ends.
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_healthy(process, port, log)
+            ready = time.perf_counter() - spawned
+
+            async def batches() -> tuple[float, float]:
+                sizes = batch_log.read_text().split()
+                return float(sum(int(s) for s in sizes)), float(len(sizes))
+
+            yield Server("litserve", port, ready, batches, settings)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], port: int, log: tempfile._TemporaryFileWrapper[bytes]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"LitServe exited:\n{log.read().decode(errors='replace')[-5000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise SystemExit("LitServe was not healthy within 180 s")

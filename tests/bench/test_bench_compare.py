@@ -1,0 +1,86 @@
+"""Smoke tests of bench/compare.py's parts that need no model or server: the load generator, ratios, plot.
+
+The load generator talks to a stub HTTP/1.1 server (asyncio, keep-alive) that answers 200, or 429 for
+/full, after reading the whole request by its Content-Length, as a real server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import compare  # noqa: E402
+import loadgen  # noqa: E402
+import plot  # noqa: E402
+
+
+async def _stub(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.lower().split(b"\r\n")
+            length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
+            body = await reader.readexactly(length)
+            ok = b"/full" not in head.split(b"\r\n")[0] and f"--{loadgen.BOUNDARY}--".encode() in body
+            answer = b'{"detections": []}' if ok else b'{"error": {}}'
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n%s" % (200 if ok else 429, len(answer), answer))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def _loads() -> tuple[dict, dict, dict, tuple[int, bytes]]:
+    server = await asyncio.start_server(_stub, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    good = [loadgen.multipart_request(f"127.0.0.1:{port}", "/detect", b"\x89PNG fake", "image/png")]
+    full = [loadgen.multipart_request(f"127.0.0.1:{port}", "/full", b"\xff\xd8\xff fake", "image/jpeg")]
+    async with server:
+        closed = await loadgen.measure(loadgen.closed_loop("127.0.0.1", port, good, 4, 0.2), slo_s=0.5)
+        opened = await loadgen.measure(loadgen.open_loop("127.0.0.1", port, good, 200.0, 40), slo_s=0.5)
+        refused = await loadgen.measure(loadgen.closed_loop("127.0.0.1", port, full, 2, 0.05), slo_s=0.5)
+        single = await loadgen.fetch("127.0.0.1", port, good[0])
+    return closed, opened, refused, single
+
+
+def test_load_generator_counts_answers_and_errors() -> None:
+    closed, opened, refused, single = asyncio.run(_loads())
+    assert closed["ok"] == closed["requests"] >= 8
+    assert not closed["errors"]
+    assert closed["throughput_rps"] > 0
+    assert closed["p50_ms"] is not None
+    assert closed["client_cpu_share"] >= 0
+    assert opened["ok"] == opened["requests"] == 40
+    assert refused["ok"] == 0
+    assert refused["errors"] == {"429": refused["requests"]}
+    assert refused["goodput_rps"] == 0
+    assert single == (200, b'{"detections": []}')
+
+
+def _system(rps: float, p99: float, batch: float = 1.0) -> dict:
+    closed = [{"mode": "closed", "concurrency": c, "throughput_rps": rps * min(c, 2), "p50_ms": 50.0 * c,
+               "p99_ms": p99 * c, "goodput_rps": rps, "mean_batch_size": batch} for c in (1, 8)]  # fmt: skip
+    opened = [{"mode": "open", "rate_factor": 1.0, "offered_rps": 20.0, "throughput_rps": rps, "goodput_rps": rps,
+               "p50_ms": 60.0, "p99_ms": p99, "mean_batch_size": batch}]  # fmt: skip
+    return {"started_s": 5.0, "settings": {}, "same_answer_as_service": True, "points": closed + opened}
+
+
+def test_ratios_and_plot(tmp_path: Path) -> None:
+    batches = [{"batch_size": 1, "images_per_s": 20.0, "batch_p50_ms": 45.0},
+               {"batch_size": 8, "images_per_s": 25.0, "batch_p50_ms": 300.0}]  # fmt: skip
+    task = {"raw": {"batches": batches}, "systems": {"service": _system(20, 80, 4), "batch1": _system(18, 90),
+                                                    "litserve": _system(10, 200, 4)}}  # fmt: skip
+    ratios = compare.ratios(task)
+    targets = ratios["targets"]
+    assert targets["saturation_vs_raw_batched"] == {"value": 1.6, "target": ">= 0.9", "met": True}
+    assert targets["p50_overhead_c1_vs_forward_b1"]["value"] == round(50 / 45 - 1, 3)
+    assert targets["peak_throughput_vs_litserve"]["value"] == 2.0
+    assert targets["p99_lower_than_litserve_at_c8"]["met"] is True
+    assert targets["cold_start_s"]["met"] is True
+    report = {"machine": {"cpus": 2, "torch": "x"}, "images": {"count": 2}, "settings": {"slo_ms": 500, "quick": True},
+              "tasks": {"detect": task | {"ratios": ratios}}}  # fmt: skip
+    plot.figure(json.loads(json.dumps(report)), tmp_path / "out.png")
+    assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
