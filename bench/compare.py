@@ -72,7 +72,7 @@ async def exercise(
     requests = [loadgen.multipart_request(server.host(), f"/{task}", data, media) for data, media in pictures]
     status, body = await loadgen.fetch(systems.HOST, server.port, requests[0])
     answer = _answer(body) if status == 200 else {"status": status}
-    await loadgen.closed_loop(systems.HOST, server.port, requests, MAX_BATCH, args.warmup_s)
+    await loadgen.closed_loop(systems.HOST, server.port, requests, args.max_batch, args.warmup_s)
     points = []
     for concurrency in args.concurrency:
         run = loadgen.closed_loop(systems.HOST, server.port, requests, concurrency, args.seconds)
@@ -99,13 +99,13 @@ async def _point(server: systems.Server, run: Any, args: argparse.Namespace) -> 
 def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     print(f"{task}: raw forward", flush=True)
-    limit = raw.measure(args.model_dir, task, pictures, [1, MAX_BATCH], args.raw_seconds)
+    limit = raw.measure(args.model_dir, task, pictures, [1, args.max_batch], args.raw_seconds, args.device)
     print(f"  raw       {json.dumps(limit['batches'])}", flush=True)
     capacity = limit["batches"][-1]["images_per_s"]  # open-loop rates are relative to the batched limit
     servers: dict[str, Callable[[], AbstractContextManager[systems.Server]]] = {
-        "service": lambda: systems.densepred("service", args.model_dir, task, MAX_BATCH, MAX_WAIT_MS),
-        "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS),
-        "litserve": lambda: systems.litserve(args.model_dir, task, MAX_BATCH, MAX_WAIT_MS),
+        "service": lambda: systems.densepred("service", args.model_dir, task, args.max_batch, MAX_WAIT_MS, args.device),
+        "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS, args.device),
+        "litserve": lambda: systems.litserve(args.model_dir, task, args.max_batch, MAX_WAIT_MS),
     }
     results: dict[str, Any] = {}
     for name in args.systems:
@@ -130,12 +130,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
-def ratios(report: dict[str, Any]) -> dict[str, Any]:
-    """The issue's CPU targets, from one task's figures; None where a run needed for one was not made."""
+def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """The issue's targets (CPU, or GPU for a cuda run), from one task's figures; None where a run
+    needed for one was not made."""
     batches = {b["batch_size"]: b for b in report["raw"]["batches"]}
     service, batch1, lit = (_closed(report, name) for name in ("service", "batch1", "litserve"))
     peak = {name: max((p["throughput_rps"] for p in points.values()), default=None)
             for name, points in (("service", service), ("batch1", batch1), ("litserve", lit))}  # fmt: skip
+    max_batch = max(batches)
     c1, c8 = service.get(1, {}), service.get(MAX_BATCH, {})
     sequential = max(service.get(1, {}).get("throughput_rps", 0), batch1.get(1, {}).get("throughput_rps", 0))
     p50_c1, forward_b1 = c1.get("p50_ms"), batches[1]["batch_p50_ms"]
@@ -144,11 +146,23 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     versus = {c: {"throughput_ratio": _ratio(p["throughput_rps"], lit[c]["throughput_rps"]),
                   "p99_ms": {"service": p["p99_ms"], "litserve": lit[c]["p99_ms"]}}
               for c, p in service.items() if c in lit}  # fmt: skip
-    saturation = _ratio(peak["service"], batches[MAX_BATCH]["images_per_s"])
+    saturation = _ratio(peak["service"], batches[max_batch]["images_per_s"])
     c8_vs_sequential = _ratio(c8.get("throughput_rps"), sequential)
     vs_lit = _ratio(peak["service"], peak["litserve"])
     p99_lower = None if not (c8 and lit_c8) else bool(c8["p99_ms"] < lit_c8["p99_ms"])
     started = report["systems"].get("service", {}).get("started_s")
+    if device.startswith("cuda"):
+        top = max(service, default=None)
+        off = batch1.get(top, {}).get("throughput_rps") if top is not None else None
+        batching = _ratio(service[top]["throughput_rps"], off) if top is not None else None
+        return {
+            "peak_throughput_rps": peak,
+            "targets": {
+                "saturation_vs_raw_batched": _target(saturation, ">=", 0.85),
+                f"batching_vs_off_at_c{top}": _target(batching, ">=", 3.0),
+                "p50_overhead_c1_vs_forward_b1": {"value": overhead, "target": "(CPU target only)", "met": None},
+            },
+        }
     return {
         "peak_throughput_rps": peak,
         "service_c8_vs_service_c1": _ratio(c8.get("throughput_rps"), c1.get("throughput_rps")),
@@ -183,7 +197,8 @@ def describe_machine() -> dict[str, Any]:
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "max_batch_size": MAX_BATCH,
+        "max_batch_size": args.max_batch,
+        "device": args.device,
         "max_wait_ms": MAX_WAIT_MS,
         "slo_ms": args.slo_ms,
         "seconds_per_point": args.seconds,
@@ -215,12 +230,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--slo-ms", type=float, default=500.0, help="latency SLO for goodput")
     parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS for every system (default: torch's own)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the raw forward and the service run")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="the service's MAX_BATCH_SIZE (and raw's)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short ones (1-2 min per task)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare_cpu"), help="writes OUT.json, OUT.png")
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (["detect"] if args.quick else list(TASKS))
     if args.quick:
-        args.image_count, args.concurrency, args.rates = min(args.image_count, 16), [1, MAX_BATCH], [1.0]
+        args.image_count, args.concurrency, args.rates = min(args.image_count, 16), [1, args.max_batch], [1.0]
         args.seconds, args.raw_seconds, args.warmup_s = 3.0, 2.0, 1.0
     return args
 
@@ -236,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     for task in dict.fromkeys(args.tasks):
         report["tasks"][task] = run_task(task, pictures, args)
-        report["tasks"][task]["ratios"] = ratios(report["tasks"][task])
+        report["tasks"][task]["ratios"] = ratios(report["tasks"][task], args.device)
         print(json.dumps({task: report["tasks"][task]["ratios"]["targets"]}, indent=1), flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["images"]["pixels_mean"] = statistics.fmean(t["raw"]["pixels_mean"] for t in report["tasks"].values())

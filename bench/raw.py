@@ -92,8 +92,10 @@ def _batches(predictor: models.Predictor, tensors: list[Any], size: int, seconds
     }
 
 
-def measure(model_dir: Path, task: str, pictures: Pictures, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
-    predictor = models.load_predictor(model_dir, task)
+def measure(
+    model_dir: Path, task: str, pictures: Pictures, batch_sizes: list[int], seconds: float, device: str = "cpu"
+) -> dict[str, Any]:
+    predictor = models.load_predictor(model_dir, task, device)
     if isinstance(predictor, models.predictors.DetectionPredictor):
         predictor.limit_detections(MAX_DETECTIONS)  # as the service does
     decoded, decode_s = _decode_all(pictures, predictor.manifest)

@@ -51,10 +51,12 @@ def _service_batches(port: int, task: str) -> Callable[[], Awaitable[tuple[float
 
 
 @contextlib.contextmanager
-def densepred(name: str, model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float) -> Iterator[Server]:
+def densepred(
+    name: str, model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float, device: str = "cpu"
+) -> Iterator[Server]:
     """`python -m service` with the default settings (all three models served) but the batching given."""
     spawned = time.perf_counter()
-    with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms) as served:
+    with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, device=device) as served:
         ready = time.perf_counter() - spawned
         port = urlsplit(served.url).port
         assert port is not None

@@ -2,7 +2,8 @@
 
 Callers `submit` one item and await its own result. One worker task per queue collects items into a
 batch, closed at `max_batch_size` items, at `max_batch_cost` (the items' summed `cost`: for images, the
-pixels the model computes on) or once the oldest item has waited `max_wait_s`, and runs the batch
+pixels the model computes on), once the oldest item has waited `max_wait_s`, or as soon as the queue is
+empty and no admitted caller is still preparing an item (nobody to wait for), and runs the batch
 function on a dedicated thread so the event loop never does the heavy work.
 
 Overload and faults are handled here too: a caller may `admit` itself before doing its own preparation
@@ -305,9 +306,12 @@ class Batcher(Generic[In, Out]):
         return batch
 
     async def _next(self, close_at: float) -> _Pending[In, Out] | None:
-        """The next queued item, waiting for one until `close_at` at the latest."""
+        """The next queued item, waiting for one until `close_at` at the latest, and only while another
+        caller holds a ticket (reading or decoding its upload): waiting for nobody is pure latency."""
         if not self._queue.empty():
             return self._queue.get_nowait()
+        if self._admitted == 0:
+            return None
         remaining = close_at - time.perf_counter()
         if remaining <= 0:
             return None

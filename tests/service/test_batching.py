@@ -74,16 +74,38 @@ async def test_concurrent_items_share_a_batch_and_each_gets_its_own_result() -> 
     assert len(recorder.waits) == 8
 
 
-async def test_a_lone_item_waits_at_most_max_wait() -> None:
-    async with running(squares, max_wait_s=0.05) as (batcher, recorder):
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+async def test_a_lone_item_with_nobody_on_the_way_runs_at_once() -> None:
+    async with running(squares, max_wait_s=0.5) as (batcher, recorder):
         done = await batcher.submit(3)
-        elapsed = loop.time() - start
+    assert done.value == 9
+    assert done.queue_s < 0.1  # not the 0.5 s max_wait: nobody else holds a ticket
+    assert recorder.batches[0][0] == 1
+
+
+async def test_an_item_waits_at_most_max_wait_for_a_caller_that_was_admitted() -> None:
+    async with running(squares, max_wait_s=0.05) as (batcher, recorder):
+        with batcher.admit():  # another caller, still reading its upload, never arrives
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            done = await batcher.submit(3)
+            elapsed = loop.time() - start
     assert done.value == 9
     assert done.queue_s >= 0.04
     assert elapsed < 1.0
     assert recorder.batches[0][0] == 1
+
+
+async def test_an_admitted_caller_that_arrives_in_time_joins_the_batch() -> None:
+    async with running(squares, max_wait_s=0.5) as (batcher, recorder):
+        ticket = batcher.admit()
+
+        async def late() -> int:
+            await asyncio.sleep(0.05)  # e.g. decoding
+            return (await batcher.submit(4, ticket=ticket)).value
+
+        first, second = await asyncio.gather(batcher.submit(3), late())
+    assert (first.value, second) == (9, 16)
+    assert [size for size, _ in recorder.batches] == [2]
 
 
 async def test_the_batch_function_runs_off_the_event_loop_thread() -> None:
@@ -191,8 +213,10 @@ def test_invalid_limits_are_refused() -> None:
 async def test_stop_while_collecting_a_batch_fails_the_collected_items() -> None:
     batcher: Batcher[int, int] = Batcher(squares, name="t", max_batch_size=8, max_wait_s=30, max_queue=8)
     batcher.start()
+    coming = batcher.admit()  # a third caller on its way: the worker waits for it
     tasks = [asyncio.create_task(batcher.submit(x)) for x in range(2)]
     await asyncio.sleep(0.05)  # the worker holds both, waiting 30 s for more
+    coming.use()
     await batcher.stop()
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 1)
     assert all(isinstance(o, BatcherStoppedError) for o in outcomes)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from models import Detections, SemanticMap, read_manifest
+from models import Detections, InstanceMasks, SemanticMap, read_manifest
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import main
 from trainer.data import Target
@@ -128,9 +128,9 @@ def test_run_folder_has_per_term_metrics_and_plots(tiny_shapes: Path, tmp_path: 
 
 def test_overlays_draw_masks_and_boxes_where_predicted() -> None:
     image = torch.zeros(3, 40, 60, dtype=torch.uint8)
-    mask = torch.zeros(1, 40, 60, dtype=torch.bool)
-    mask[0, 10:20, 10:30] = True
-    found = Detections(torch.tensor([[10.0, 10, 30, 20]]), torch.tensor([2]), torch.tensor([0.9]), mask)
+    box = torch.tensor([[10.0, 10, 30, 20]])
+    mask = InstanceMasks(torch.ones(1, 28, 28), box, (40, 60))  # the whole box
+    found = Detections(box, torch.tensor([2]), torch.tensor([0.9]), mask)
     drawn = draw_result(image, found, {2: "square"})
     assert drawn[:, 15, 20].any()  # mask fill
     assert not drawn[:, 35, 50].any()  # untouched background

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 4, in one go, on a CUDA machine that already has torch and torchvision:
+# the CUDA tests, then the GPU benchmarks. Installs nothing from the network: the service's other
+# dependencies come from wheels in .whl/ when that folder exists (see README, "Performance").
+#
+#     OUT=bench/results bash bench/gpu_check.sh      # about 6 minutes on one H100/H200
+#
+# Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, postprocess_gpu.json,
+# compare_gpu.json, compare_gpu.png, compare_gpu.log. Exits non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/densepred-site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/densepred-site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+status=0
+step() {  # step NAME SECONDS CMD...: run with a time limit, log, remember a failure
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(date +%T))"
+  if ! timeout "$limit" "$@"; then
+    echo "!! $name failed"
+    status=1
+  fi
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu_info.csv" 2>&1
+"$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__,
+  "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' >>"$OUT/gpu_info.csv" 2>&1
+
+step "GPU tests" 240 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" \
+  tests/models/test_predictors_cuda.py tests/service/test_service_cuda.py tests/trainer/test_engine.py \
+  >"$OUT/gpu_tests.log" 2>&1
+tail -5 "$OUT/gpu_tests.log"
+
+step "post-processing benchmark" 90 "$PYTHON" bench/postprocess.py --device cuda --repeats 30 \
+  --out "$OUT/postprocess_gpu.json"
+
+step "serving benchmark" 330 "$PYTHON" bench/compare.py --device cuda --tasks instances segment \
+  --systems service batch1 --concurrency 1 8 32 --rates 0.5 1.0 --seconds 6 --raw-seconds 4 \
+  --max-batch 32 --model-dir artifacts/models --out "$OUT/compare_gpu" >"$OUT/compare_gpu.log" 2>&1
+tail -5 "$OUT/compare_gpu.log"
+exit $status
