@@ -31,7 +31,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +188,10 @@ def _target(value: float | None, sense: str, bound: float) -> dict[str, Any]:
 def describe_machine() -> dict[str, Any]:
     about = machine()
     for package in ("torchvision", "litserve", "fastapi", "uvicorn", "pydantic"):
-        about[package] = version(package)
+        try:
+            about[package] = version(package)
+        except PackageNotFoundError:  # LitServe is a bench extra: a GPU run may go without it
+            about[package] = None
     about["load_average_at_start"] = os.getloadavg()
     about["cpu_model"] = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                                if line.startswith("model name")), platform.processor())  # fmt: skip

@@ -88,7 +88,7 @@ class DensepredAPI(ls.LitAPI):
         elif self.task == "detect":
             body = {"detections": responses.detections(result, self.names)}
         else:
-            body = {"detections": responses.instances(result, self.names, size)}
+            body = {"detections": responses.instances(result, self.names)}
         timing = Timing(
             queue=0.0, inference=round(inference_s * 1000, 3), total=round((time.perf_counter() - started) * 1000, 3)
         )
