@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -40,7 +41,7 @@ import plot
 import raw
 import systems
 import torch
-from harness import images, machine
+from harness import images, machine, random_store
 
 TASKS = ("segment", "detect", "instances")
 MAX_BATCH = 8
@@ -102,9 +103,10 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
     limit = raw.measure(args.model_dir, task, pictures, [1, args.max_batch], args.raw_seconds, args.device)
     print(f"  raw       {json.dumps(limit['batches'])}", flush=True)
     capacity = limit["batches"][-1]["images_per_s"]  # open-loop rates are relative to the batched limit
+    extra = {"device": args.device} | dict(item.split("=", 1) for item in args.setting)
     servers: dict[str, Callable[[], AbstractContextManager[systems.Server]]] = {
-        "service": lambda: systems.densepred("service", args.model_dir, task, args.max_batch, MAX_WAIT_MS, args.device),
-        "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS, args.device),
+        "service": lambda: systems.densepred("service", args.model_dir, task, args.max_batch, MAX_WAIT_MS, **extra),
+        "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS, **extra),
         "litserve": lambda: systems.litserve(args.model_dir, task, args.max_batch, MAX_WAIT_MS),
     }
     results: dict[str, Any] = {}
@@ -212,6 +214,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": args.torch_threads or os.environ.get("OMP_NUM_THREADS") or "torch default",
         "systems": args.systems,
         "model_dir": str(args.model_dir),
+        "untrained_archs": getattr(args, "random_archs", None),
+        "service_settings": args.setting,
         "client": "bench/loadgen.py: asyncio streams, HTTP/1.1 keep-alive, pre-built multipart requests, "
         "status + Content-Length parsing only; each run's client_cpu_share is its CPU use as a share of one core",
     }
@@ -233,6 +237,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--slo-ms", type=float, default=500.0, help="latency SLO for goodput")
     parser.add_argument("--torch-threads", type=int, help="OMP_NUM_THREADS for every system (default: torch's own)")
+    parser.add_argument("--arch", nargs="+", metavar="TASK=ARCH", default=[],
+                        help="serve untrained models of these architectures (e.g. instances=maskrcnn_resnet50_fpn) "
+                        "instead of --model-dir: same cost per image as trained ones")  # fmt: skip
+    parser.add_argument(
+        "--setting",
+        nargs="+",
+        metavar="NAME=VALUE",
+        default=[],
+        help="other service settings for both densepred runs, e.g. max_batch_pixels=40000000",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the raw forward and the service run")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help="the service's MAX_BATCH_SIZE (and raw's)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short ones (1-2 min per task)")
@@ -251,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
         # Servers inherit the environment; this process has imported torch already, so set it here too.
         os.environ["OMP_NUM_THREADS"] = str(args.torch_threads)
         torch.set_num_threads(args.torch_threads)
+    if args.arch:
+        archs = dict(item.split("=", 1) for item in args.arch)
+        args.model_dir = random_store(Path(tempfile.mkdtemp(prefix="densepred-bench-")), archs)
+        args.random_archs = archs
     pictures, about = load_pictures(args)
     report: dict[str, Any] = {"machine": describe_machine(), "images": about, "settings": settings(args), "tasks": {}}
     started = time.perf_counter()

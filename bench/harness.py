@@ -37,10 +37,11 @@ from models import DEFAULT_ARCH, TASKS, Category, Manifest, build_model, get_arc
 PROCESS_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
 
 
-def random_store(root: Path) -> Path:
+def random_store(root: Path, archs: dict[str, str] | None = None) -> Path:
+    """Untrained models for every task: the default architectures, or those `archs` names per task."""
     torch.manual_seed(0)
     for task in TASKS:
-        spec = get_arch(task, DEFAULT_ARCH[task])
+        spec = get_arch(task, (archs or {}).get(task, DEFAULT_ARCH[task]))
         categories = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
         manifest = Manifest(task=task, arch=spec.name, num_classes=4, categories=categories, input=dict(spec.input))
         save_entry(root, manifest, build_model(task, spec.name, num_classes=4).state_dict())

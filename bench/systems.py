@@ -52,11 +52,12 @@ def _service_batches(port: int, task: str) -> Callable[[], Awaitable[tuple[float
 
 @contextlib.contextmanager
 def densepred(
-    name: str, model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float, device: str = "cpu"
+    name: str, model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float, **settings: str
 ) -> Iterator[Server]:
-    """`python -m service` with the default settings (all three models served) but the batching given."""
+    """`python -m service` with the default settings (all three models served) but the batching given,
+    and any other DENSEPRED_* settings (device, max_batch_pixels...)."""
     spawned = time.perf_counter()
-    with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, device=device) as served:
+    with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **settings) as served:
         ready = time.perf_counter() - spawned
         port = urlsplit(served.url).port
         assert port is not None
