@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol
 
@@ -122,7 +122,9 @@ class Batcher(Generic[In, Out]):
         on_split: Callable[[], None] | None = None,
         cost: Callable[[In], float] | None = None,
         max_batch_cost: float = math.inf,
+        executor: Executor | None = None,
     ) -> None:
+        """`executor`: the thread(s) batches run on, owned by the caller; by default one of its own."""
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0 or max_batch_cost <= 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0, max_batch_cost > 0")
         self.name = name
@@ -140,7 +142,8 @@ class Batcher(Generic[In, Out]):
         self._batch_started: float | None = None
         self._batch_s: float | None = None  # moving average of recent batch durations
         self._worker: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._shared_executor = executor
+        self._executor: Executor | None = None
         self._died: BaseException | None = None
 
     @property
@@ -165,8 +168,8 @@ class Batcher(Generic[In, Out]):
     def start(self) -> None:
         if self._worker is not None:
             raise RuntimeError(f"batcher {self.name!r} already started")
-        # One thread per queue: a model never runs two batches at once, and queues do not share a pool.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{self.name}")
+        # One thread per queue unless the caller shares one: a model never runs two batches at once.
+        self._executor = self._shared_executor or ThreadPoolExecutor(1, thread_name_prefix=f"batch-{self.name}")
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
         self._worker.add_done_callback(self._worker_exited)
 
@@ -178,10 +181,10 @@ class Batcher(Generic[In, Out]):
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._fail_waiting(BatcherStoppedError(f"{self.name} is shutting down"))
-        if self._executor is not None:
+        if self._executor is not None and self._executor is not self._shared_executor:
             # Do not wait here: a batch still on the thread finishes on its own, its result is dropped.
             self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._executor = None
 
     def admit(self) -> Ticket:
         """Reserve a place before preparing an item; raises QueueFullError at once when there is none."""

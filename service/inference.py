@@ -30,8 +30,7 @@ from service.batching import (
 )
 from service.errors import ApiError
 from service.imaging import DecodedImage, decode_image
-from service.runtime import Job, Result, Runtime, TaskModel
-from service.scaling import to_upload_coordinates
+from service.runtime import Answer, Job, Runtime, TaskModel
 from service.uploads import read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ def queue_full(task: str, retry_after_s: float) -> ApiError:
 
 async def run(
     request: Request, runtime: Runtime, model: TaskModel, job_query: Query, deadline: float
-) -> tuple[DecodedImage, Completed[Result]]:
+) -> tuple[DecodedImage, Completed[Answer]]:
     """Admit, read, decode, queue and wait; every failure is an ApiError. `deadline` is a perf_counter time."""
     task = model.manifest.task
     try:
@@ -59,14 +58,11 @@ async def run(
         data = await read_image_bytes(request, runtime.settings.max_image_bytes)
         image = await anyio.to_thread.run_sync(decode_image, data, model.limits, limiter=runtime.decode_limiter)
         del data
-        job = Job(image.tensor, job_query)
-        completed = await _wait(request, model, job, deadline - time.perf_counter(), ticket)
-    return image, Completed(
-        to_upload_coordinates(completed.value, image), completed.queue_s, completed.inference_s, completed.batch_size
-    )
+        completed = await _wait(request, model, Job(image, job_query), deadline - time.perf_counter(), ticket)
+    return image, completed
 
 
-async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Result]:
+async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Answer]:
     task = model.manifest.task
     if timeout_s <= 0:
         raise ApiError(504, "deadline_exceeded", f"the request timeout passed before the {task} queue was reached")

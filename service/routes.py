@@ -19,12 +19,15 @@ from service import inference, responses
 from service.batching import Completed
 from service.errors import ApiError, invalid_parameter
 from service.imaging import DecodedImage
-from service.runtime import Result, Runtime, TaskModel
+from service.runtime import Answer, Runtime, TaskModel
 from service.schemas import (
+    Detection,
     DetectResponse,
     ErrorBody,
     ImageInfo,
+    InstanceDetection,
     InstancesResponse,
+    Segment,
     SegmentResponse,
     Timing,
 )
@@ -111,8 +114,7 @@ async def segment(
         return models.Query(class_ids=_class_ids(m, classes))
 
     run = await _infer(request, runtime, "segment", query, timeout)
-    result = cast(models.SemanticMap, run.result)
-    segments = await run_in_threadpool(responses.segments, result, run.model.names, run.upload_size)
+    segments = cast(list[Segment], run.items)
     return await _respond(run, SegmentResponse(segments=segments, **run.envelope()), render)
 
 
@@ -130,8 +132,7 @@ async def detect(
         return models.Query(score_threshold, max_detections, _class_ids(m, classes))
 
     run = await _infer(request, runtime, "detect", query, timeout)
-    # At most 100 boxes and no masks: cheap enough for the event loop.
-    detections = responses.detections(cast(models.Detections, run.result), run.model.names)
+    detections = cast(list[Detection], run.items)
     return await _respond(run, DetectResponse(detections=detections, **run.envelope()), render)
 
 
@@ -150,8 +151,7 @@ async def instances(
         return models.Query(score_threshold, max_detections, _class_ids(m, classes), mask_threshold)
 
     run = await _infer(request, runtime, "instances", query, timeout)
-    result = cast(models.Detections, run.result)
-    found = await run_in_threadpool(responses.instances, result, run.model.names)
+    found = cast(list[InstanceDetection], run.items)
     return await _respond(run, InstancesResponse(detections=found, **run.envelope()), render)
 
 
@@ -162,17 +162,13 @@ ROUTERS = {"segment": segment_router, "detect": detect_router, "instances": inst
 class _Run:
     model: TaskModel
     image: DecodedImage
-    completed: Completed[Result]
+    completed: Completed[Answer]
     started: float
 
     @property
-    def result(self) -> Result:
+    def items(self) -> Answer:
+        """The answer's detections or segments, in the upload's pixels (built on the inference thread)."""
         return self.completed.value
-
-    @property
-    def upload_size(self) -> tuple[int, int] | None:
-        """(height, width) to upsample a label map to, when the model saw a shrunk copy of the upload."""
-        return (self.image.height, self.image.width) if self.image.scaled else None
 
     def envelope(self) -> dict[str, Any]:
         """The fields every inference response shares; `total` is taken now, as the response is built."""

@@ -1,4 +1,12 @@
-"""What the lifespan owns: one predictor and one batching queue per served task, plus readiness."""
+"""What the lifespan owns: one predictor and one batching queue per served task, plus readiness.
+
+Every torch computation on the CPU (loading, warm-up, batches and turning results into answers) runs
+on the inference thread(s), never on request threads: PyTorch's OpenMP gives each thread that computes
+its own team of worker threads, and once teams outnumber the cores, libgomp stops spinning between
+operations and the forward pass slows by about a third (measured, bench/results/compare_cpu.json). On a
+CPU every model shares one inference thread (models would only share the cores anyway); on a GPU each
+model has its own, so one model's host work overlaps another's device work.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,9 +24,12 @@ import torch
 
 from models import Acceleration, Detections, Manifest, Query, SemanticMap, load_predictor
 from models.devices import resolve_device
+from service import responses
 from service.batching import Batcher
-from service.imaging import Limits
+from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
+from service.scaling import to_upload_coordinates
+from service.schemas import Detection, InstanceDetection, Segment
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,14 +53,17 @@ Loader = Callable[[str, torch.device], ServedModel]
 
 @dataclass(frozen=True)
 class Job:
-    image: torch.Tensor  # uint8 [3, H, W]
+    image: DecodedImage  # the tensor the model sees, and the upload's size
     query: Query
+
+
+Answer = list[Detection] | list[InstanceDetection] | list[Segment]
 
 
 @dataclass
 class TaskModel:
     predictor: ServedModel
-    batcher: Batcher[Job, Result]
+    batcher: Batcher[Job, Answer]
     limits: Limits  # for decoding this model's uploads
     state: str = "warming"  # then "ready", or "failed" if the warm-up pass raised
     names: dict[int, str] = field(init=False)
@@ -75,11 +90,24 @@ def store_loader(settings: Settings) -> Loader:
     return load
 
 
-def _batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Result]]:
-    def run(jobs: list[Job]) -> list[Result]:
-        return predictor.predict([job.image for job in jobs], [job.query for job in jobs])
+def _batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Answer]]:
+    """Predict a batch and turn each result into its answer's items (upload pixels, RLE), on this thread."""
+    task, names = predictor.manifest.task, predictor.manifest.category_names()
+
+    def run(jobs: list[Job]) -> list[Answer]:
+        results = predictor.predict([job.image.tensor for job in jobs], [job.query for job in jobs])
+        return [_answer(task, result, job.image, names) for result, job in zip(results, jobs, strict=True)]
 
     return run
+
+
+def _answer(task: str, result: Result, image: DecodedImage, names: dict[int, str]) -> Answer:
+    result = to_upload_coordinates(result, image)
+    if isinstance(result, SemanticMap):
+        return responses.segments(result, names, (image.height, image.width) if image.scaled else None)
+    if task == "instances":
+        return responses.instances(result, names)
+    return responses.detections(result, names)
 
 
 def image_limits(settings: Settings, manifest: Manifest) -> Limits:
@@ -103,7 +131,7 @@ def _job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
     input_shape = getattr(predictor, "input_shape", None)
 
     def pixels(job: Job) -> float:
-        height, width = job.image.shape[-2:]
+        height, width = job.image.tensor.shape[-2:]
         if callable(input_shape):
             height, width = input_shape(height, width)
         return float(height * width)
@@ -111,7 +139,9 @@ def _job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
     return pixels
 
 
-def _make_batcher(task: str, predictor: ServedModel, settings: Settings, metrics: Metrics) -> Batcher[Job, Result]:
+def _make_batcher(
+    task: str, predictor: ServedModel, settings: Settings, metrics: Metrics, executor: Executor
+) -> Batcher[Job, Answer]:
     # Boxes beyond the cap would be dropped anyway; cutting them inside the model also bounds the
     # mask work (optional, like the padding figures: a test double may not have them).
     limit = getattr(predictor, "limit_detections", None)
@@ -132,15 +162,24 @@ def _make_batcher(task: str, predictor: ServedModel, settings: Settings, metrics
         on_split=release_device_memory,
         cost=_job_pixels(predictor),
         max_batch_cost=settings.max_batch_pixels,
+        executor=executor,
     )
 
 
 class Runtime:
-    def __init__(self, settings: Settings, metrics: Metrics, device: torch.device, models: dict[str, TaskModel]):
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        device: torch.device,
+        models: dict[str, TaskModel],
+        executors: dict[str, ThreadPoolExecutor],
+    ):
         self.settings = settings
         self.metrics = metrics
         self.device = device
         self.models = models
+        self.executors = executors  # per task; on a CPU all the same one thread
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
         self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
@@ -150,16 +189,18 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
+        executors = _inference_threads(settings.tasks, device)
+        loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
-            predictor = await asyncio.to_thread(load, task, device)
-            batcher = _make_batcher(task, predictor, settings, metrics)
+            predictor = await loop.run_in_executor(executors[task], load, task, device)
+            batcher = _make_batcher(task, predictor, settings, metrics, executors[task])
             models[task] = TaskModel(predictor, batcher, image_limits(settings, predictor.manifest))
             m = predictor.manifest
             log.info("loaded %s: %s version %s on %s", task, m.arch, m.version or "-", device)
         for model in models.values():
             model.batcher.start()
-        return cls(settings, metrics, device, models)
+        return cls(settings, metrics, device, models, executors)
 
     @property
     def ready(self) -> bool:
@@ -176,9 +217,10 @@ class Runtime:
 
     async def warm_up(self) -> None:
         """One forward pass per model, off the event loop; readiness flips once all have passed."""
+        loop = asyncio.get_running_loop()
         for task, model in self.models.items():
             try:
-                await asyncio.to_thread(model.predictor.warmup)
+                await loop.run_in_executor(self.executors[task], model.predictor.warmup)
             except Exception:
                 model.state = "failed"
                 log.exception("warm-up of %s failed; /readyz stays 503", task)
@@ -191,6 +233,16 @@ class Runtime:
     async def close(self) -> None:
         for model in self.models.values():
             await model.batcher.stop()
+        for executor in set(self.executors.values()):
+            # Do not wait: a batch still running finishes on its own, its result is dropped.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _inference_threads(tasks: Sequence[str], device: torch.device) -> dict[str, ThreadPoolExecutor]:
+    if device.type == "cpu":
+        shared = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        return dict.fromkeys(tasks, shared)
+    return {task: ThreadPoolExecutor(1, thread_name_prefix=f"inference-{task}") for task in tasks}
 
 
 def curl_examples(settings: Settings) -> list[str]:
