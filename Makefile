@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The CPU benchmarks of the README's Performance section (about 15 minutes; keep the machine quiet).
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/compare.py --tasks segment detect instances --model-dir $(MODEL_DIR) \
+		--out bench/results/compare_cpu
+	$(BIN)/python bench/postprocess.py --out bench/results/postprocess_cpu.json

@@ -96,17 +96,21 @@ def _concurrency_ticks(ax: Axes, report: dict[str, Any]) -> None:
 def figure(report: dict[str, Any], path: Path) -> None:
     tasks = report["tasks"]
     slo_ms = report["settings"]["slo_ms"]
+    batch = report["settings"]["max_batch_size"]
+    STYLE["service"]["label"], STYLE["litserve"]["label"] = f"service (batch {batch})", f"LitServe (batch {batch})"
     fig, axes = plt.subplots(len(tasks), 4, figsize=(22, 4.6 * len(tasks)), squeeze=False)
     for row, (task, figures) in zip(axes, tasks.items(), strict=True):
         _throughput(row[0], task, figures)
         _latency(row[1], task, figures, slo_ms)
         _goodput(row[2], task, figures, slo_ms)
         _open_latency(row[3], task, figures, slo_ms)
-    machine = report["machine"]
-    quick = " (quick smoke run)" if report["settings"]["quick"] else ""
+    machine, settings = report["machine"], report["settings"]
+    quick = " (quick smoke run)" if settings["quick"] else ""
+    archs = settings.get("untrained_archs")
+    models = f", untrained {', '.join(archs.values())}" if archs else ""
     fig.suptitle(
-        f"densepred vs raw forward vs LitServe: {machine['cpus']} CPUs, torch {machine['torch']}, "
-        f"{report['images']['count']} mixed-size images{quick}"
+        f"densepred vs raw forward vs LitServe on {settings.get('device', 'cpu')}: {machine['cpus']} CPUs, "
+        f"torch {machine['torch']}, {report['images']['count']} mixed-size images{models}{quick}"
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / (4.6 * len(tasks))))  # leave the title its own strip
     fig.savefig(path, dpi=90)

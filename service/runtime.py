@@ -189,7 +189,7 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
-        executors = _inference_threads(settings.tasks, device)
+        executors = inference_threads(settings.tasks, device)
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
@@ -238,7 +238,7 @@ class Runtime:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _inference_threads(tasks: Sequence[str], device: torch.device) -> dict[str, ThreadPoolExecutor]:
+def inference_threads(tasks: Sequence[str], device: torch.device) -> dict[str, ThreadPoolExecutor]:
     if device.type == "cpu":
         shared = ThreadPoolExecutor(1, thread_name_prefix="inference")
         return dict.fromkeys(tasks, shared)

@@ -80,7 +80,17 @@ def test_ratios_and_plot(tmp_path: Path) -> None:
     assert targets["peak_throughput_vs_litserve"]["value"] == 2.0
     assert targets["p99_lower_than_litserve_at_c8"]["met"] is True
     assert targets["cold_start_s"]["met"] is True
-    report = {"machine": {"cpus": 2, "torch": "x"}, "images": {"count": 2}, "settings": {"slo_ms": 500, "quick": True},
+    settings = {"slo_ms": 500, "quick": True, "max_batch_size": 8}
+    report = {"machine": {"cpus": 2, "torch": "x"}, "images": {"count": 2}, "settings": settings,
               "tasks": {"detect": task | {"ratios": ratios}}}  # fmt: skip
     plot.figure(json.loads(json.dumps(report)), tmp_path / "out.png")
     assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_gpu_ratios_compare_batching_with_batching_off_at_the_highest_concurrency() -> None:
+    batches = [{"batch_size": 1, "images_per_s": 20.0, "batch_p50_ms": 45.0},
+               {"batch_size": 32, "images_per_s": 100.0, "batch_p50_ms": 300.0}]  # fmt: skip
+    task = {"raw": {"batches": batches}, "systems": {"service": _system(30, 80, 4), "batch1": _system(10, 90)}}
+    targets = compare.ratios(task, "cuda")["targets"]
+    assert targets["saturation_vs_raw_batched"] == {"value": 0.6, "target": ">= 0.85", "met": False}
+    assert targets["batching_vs_off_at_c8"] == {"value": 3.0, "target": ">= 3", "met": True}

@@ -7,9 +7,11 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import torch
 from service_helpers import (
     WrappedPredictor,
     as_raw,
@@ -23,7 +25,7 @@ from service_helpers import (
 
 from models import TASKS, Predictor
 from service import create_app
-from service.runtime import curl_examples
+from service.runtime import curl_examples, inference_threads
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +146,49 @@ def test_curl_examples_use_a_reachable_host(store: Path) -> None:
     lines = curl_examples(settings_for(store, host="0.0.0.0", port=9000, tasks="instances"))
     assert any("http://127.0.0.1:9000/instances" in line for line in lines)
     assert not any("/detect" in line for line in lines)
+
+
+class ThreadRecorder:
+    """A real predictor that notes which thread each load-time and request-time computation ran on."""
+
+    def __init__(self, inner: Predictor, seen: list[tuple[str, str]]) -> None:
+        self.inner, self.seen = inner, seen
+        self.manifest, self.device = inner.manifest, inner.device
+
+    def warmup(self) -> None:
+        self.seen.append(("warmup", threading.current_thread().name))
+        self.inner.warmup()
+
+    def predict(self, images: Any, queries: Any = None) -> list[Any]:
+        self.seen.append(("predict", threading.current_thread().name))
+        return self.inner.predict(images, queries)
+
+
+async def test_on_a_cpu_every_model_loads_warms_and_predicts_on_one_inference_thread(
+    store: Path, predictors: dict[str, Predictor]
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def load(task: str, device: Any) -> ThreadRecorder:
+        seen.append(("load", threading.current_thread().name))
+        return ThreadRecorder(predictors[task], seen)
+
+    async with serve(settings_for(store), load) as client:
+        data = encode(blocks_image(40, 48, 64))
+        for task in TASKS:
+            assert (await client.post(f"/{task}", **as_raw(data))).status_code == 200
+    assert {kind for kind, _ in seen} == {"load", "warmup", "predict"}
+    threads = {name for _, name in seen}
+    assert len(threads) == 1, seen  # one OpenMP team in the process: it keeps spinning between ops
+    assert threads != {threading.main_thread().name}
+
+
+def test_gpu_models_get_a_thread_each_and_cpu_models_share_one() -> None:
+    cpu = inference_threads(TASKS, torch.device("cpu"))
+    gpu = inference_threads(TASKS, torch.device("cuda"))
+    try:
+        assert len(set(cpu.values())) == 1
+        assert len(set(gpu.values())) == len(TASKS)
+    finally:
+        for executor in {*cpu.values(), *gpu.values()}:
+            executor.shutdown()
