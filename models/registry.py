@@ -45,6 +45,9 @@ class ArchSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Builder keywords a user may choose (the trainer's ablation flags), with their allowed values.
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    # Builder keywords new training records in the manifest. Unlike `options`, `build` does not apply them:
+    # a manifest that lacks one (an entry trained before it existed) gets the builder's own default back.
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def with_choices(self, **chosen: Any) -> dict[str, Any]:
         """The options to build (and record in the manifest) with `chosen` applied; refuses what is not offered."""
@@ -55,7 +58,7 @@ class ArchSpec:
             if value not in self.choices[key]:
                 allowed = ", ".join(map(str, self.choices[key]))
                 raise ValueError(f"{self.name}: {key} must be one of {allowed}, not {value!r}")
-        return {**self.options, **chosen}
+        return {**self.options, **self.train_defaults, **chosen}
 
     def build(self, num_classes: int, input: Mapping[str, Any] | None = None, **options: Any) -> nn.Module:
         """Build an untrained model; `input` overrides resize settings, `options` the builder's keywords."""
@@ -115,7 +118,10 @@ DEFAULT_ARCH: dict[str, str] = {"segment": "fcn_small", "detect": "fasterrcnn_sm
 # aux_loss=True keeps the state dict identical to torchvision's published FCN checkpoints.
 register(ArchSpec("segment", "fcn_resnet50", _no_weights(segmentation.fcn_resnet50), FCN_INPUT, {"aux_loss": True}))
 register(ArchSpec("segment", "fcn_resnet101", _no_weights(segmentation.fcn_resnet101), FCN_INPUT, {"aux_loss": True}))
-register(ArchSpec("segment", "fcn_small", SkipFCN, SMALL_FCN_INPUT, choices={"skips": SKIPS}))
+# skip_width 64: 3x3 conv blocks on the skips; entries that record no skip_width have the FCN paper's
+# 1x1 scorers (SkipFCN's default) and still load.
+register(ArchSpec("segment", "fcn_small", SkipFCN, SMALL_FCN_INPUT, choices={"skips": SKIPS},
+                  train_defaults={"skip_width": 64}))  # fmt: skip
 for _name in (
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",

@@ -60,8 +60,23 @@ def test_fcn_variants_have_only_the_skip_heads_they_use(skips: str, heads: set[s
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("skip_width", [0, 16])
+def test_fcn_skip_scorers_are_1x1_or_a_conv_block(skip_width: int) -> None:
+    model = SkipFCN(num_classes=3, skip_width=skip_width)
+    assert isinstance(model.score8, torch.nn.Conv2d) == (skip_width == 0)
+    assert model(torch.rand(1, 3, 64, 96))["out"].shape == (1, 3, 64, 96)
+
+
+def test_fcn_entries_without_a_recorded_skip_width_build_the_1x1_scorers() -> None:
+    # Entries trained before skip_width existed record no such option; they must still load.
+    plain = build_model("segment", "fcn_small", 4)
+    assert isinstance(plain.score8, torch.nn.Conv2d)
+    new = build_model("segment", "fcn_small", 4, **get_arch("segment", "fcn_small").with_choices())
+    assert isinstance(new.score8, torch.nn.Sequential)
+
+
 def test_options_an_architecture_lacks_are_refused() -> None:
-    assert get_arch("segment", "fcn_small").with_choices(skips="16s") == {"skips": "16s"}
+    assert get_arch("segment", "fcn_small").with_choices(skips="16s") == {"skips": "16s", "skip_width": 64}
     with pytest.raises(ValueError, match="skips must be one of 32s, 16s, 8s, not '4s'"):
         get_arch("segment", "fcn_small").with_choices(skips="4s")
     with pytest.raises(ValueError, match="fasterrcnn_resnet50_fpn has no option 'roi_op' \\(its options: none\\)"):

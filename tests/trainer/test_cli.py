@@ -11,9 +11,11 @@ import pytest
 import torch
 from torchvision.models import detection
 
-from models import Detections, SemanticMap, load_predictor, read_manifest
+from models import Detections, SemanticMap, build_model, load_predictor, read_manifest
+from trainer.bootstrap import Stage, init_source, plan, stage_config
 from trainer.cli import main
 from trainer.data import CocoDataset
+from trainer.transfer import warm_start
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,19 @@ def test_instances_can_start_from_the_detector(shapes: Path, store: Path, tmp_pa
     # One step of AdamW moves weights by about lr; a fresh init would be far away.
     assert (tuned[key] - detector[key]).abs().max() < 1e-2
     assert read_manifest(tmp_path, "instances").trained["init_from"] == str(store / "detect")
+
+
+def test_bootstrap_chains_the_tasks_through_one_backbone(store: Path, tmp_path: Path) -> None:
+    stages = plan(["detect", "instances", "segment"])
+    assert stages == [Stage("detect"), Stage("instances"), Stage("detect", refine=True), Stage("segment")]
+    assert plan(["detect", "segment"]) == [Stage("detect"), Stage("segment")]  # no instances: no refinement
+    sources = [init_source(store, stage) for stage in stages]
+    assert sources == [None, store / "detect", store / "instances", store / "instances"]
+    assert init_source(tmp_path, Stage("segment")) is None  # nothing to start from: from scratch
+    assert stage_config(stages[2], "quick").steps < stage_config(stages[0], "quick").steps
+    # Faster R-CNN is Mask R-CNN less its mask head: every detector tensor comes from the instances entry.
+    detector = build_model("detect", "fasterrcnn_small", 4)
+    assert warm_start(detector, store / "instances", "detect") == []
 
 
 def test_import_torchvision_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
