@@ -193,7 +193,12 @@ class Runtime:
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
-            predictor = await loop.run_in_executor(executors[task], load, task, device)
+            try:
+                predictor = await loop.run_in_executor(executors[task], load, task, device)
+            except BaseException:
+                for executor in set(executors.values()):  # startup fails: leave no thread behind
+                    executor.shutdown(wait=False)
+                raise
             batcher = _make_batcher(task, predictor, settings, metrics, executors[task])
             models[task] = TaskModel(predictor, batcher, image_limits(settings, predictor.manifest))
             m = predictor.manifest
