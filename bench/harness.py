@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,16 +98,23 @@ def python_path() -> str:
     return os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
-def _wait_ready(served: Service) -> None:
-    deadline = time.monotonic() + 120
+def wait_until_up(
+    process: subprocess.Popen[bytes], url: str, name: str, output: Callable[[], str], timeout_s: float
+) -> None:
+    """Poll `url` until it answers 200; exit with the server's output if the process dies first."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            raise SystemExit(f"the service exited:\n{served.output()}")
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited:\n{output()[-5000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{served.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
-    raise SystemExit("the service was not ready within 120 s")
+    raise SystemExit(f"{name} was not up within {timeout_s:g} s")
+
+
+def _wait_ready(served: Service) -> None:
+    wait_until_up(served.process, f"{served.url}/readyz", "the service", served.output, 120)
 
 
 def images(count: int, seed: int = 0, sizes: tuple[int, int] = (160, 480)) -> list[tuple[bytes, str]]:

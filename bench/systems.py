@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import loadgen
-from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service
+from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service, wait_until_up
 
 HOST = "127.0.0.1"
 
@@ -106,13 +105,8 @@ def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], port: int, log: tempfile._TemporaryFileWrapper[bytes]) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"LitServe exited:\n{log.read().decode(errors='replace')[-5000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://{HOST}:{port}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise SystemExit("LitServe was not healthy within 180 s")
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
+    wait_until_up(process, f"http://{HOST}:{port}/health", "LitServe", output, 180)
