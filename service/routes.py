@@ -35,14 +35,16 @@ from service.schemas import (
 log = logging.getLogger(__name__)
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency on a worker thread,
+# two thread hops per request for what is an attribute lookup and a min().
+async def get_runtime(request: Request) -> Runtime:
     return cast(Runtime, request.state.runtime)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def request_timeout(
+async def request_timeout(
     runtime: RuntimeDep,
     timeout: Annotated[
         float | None, Query(gt=0, le=3600, description="Seconds to wait for a result (then 504); server-capped.")

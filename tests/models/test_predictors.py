@@ -54,6 +54,33 @@ def test_segmentation_map_is_in_original_coordinates_for_mixed_sizes() -> None:
         assert (result.labels.bool() & truth).sum() >= 0.9 * truth.sum()
 
 
+class CoarseLogits(nn.Module):
+    """Five classes' logits rounded to a few levels, so that most pixels tie between classes."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        self.last = torch.floor(x[:, [0, 1, 2, 0, 1]] * torch.tensor([1.0, 2.0, 1.0, 3.0, 0.5]).view(1, 5, 1, 1))
+        return {"out": self.last}
+
+
+def test_segmentation_labels_are_the_first_best_class_as_argmax_gives() -> None:
+    manifest = Manifest(
+        task="segment",
+        arch="oracle",
+        num_classes=5,
+        categories=[Category(i, f"c{i}") for i in range(1, 5)],
+        input=dict(SMALL_FCN_INPUT),
+    )
+    model = CoarseLogits()
+    predictor = make_predictor(model, manifest)
+    image = torch.randint(0, 256, (3, 96, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (result,) = predictor.predict([image])
+    assert isinstance(result, SemanticMap)
+    reference = model.last[0].argmax(0)  # the input is a multiple of 32: no padding, no resampling
+    ties = (model.last[0] == model.last[0].max(0).values).sum(0) > 1
+    assert ties.float().mean() > 0.2  # the case this test is about
+    assert torch.equal(result.labels.long(), reference)
+
+
 @pytest.mark.parametrize("task", ["detect", "instances"])
 def test_rcnn_results_are_in_each_images_own_coordinates(random_store: Path, task: str) -> None:
     predictor = load_predictor(random_store, task)
