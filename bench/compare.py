@@ -36,6 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import cpuuse
 import loadgen
 import plot
 import raw
@@ -88,11 +89,13 @@ async def exercise(
 
 
 async def _point(server: systems.Server, run: Any, args: argparse.Namespace) -> dict[str, Any]:
-    before = await server.batches()
+    before, cpu_before = await server.batches(), server.cpu()
     summary = await loadgen.measure(run, args.slo_ms / 1000)
-    after = await server.batches()
+    after, cpu_after = await server.batches(), server.cpu()
     batches = after[1] - before[1]
     summary["mean_batch_size"] = round((after[0] - before[0]) / batches, 2) if batches else None
+    # Per answered request; refused ones (429) cost a little too and are counted in the numerator only.
+    summary["server_cpu_ms_per_request"] = cpuuse.per_request_ms(cpu_before, cpu_after, summary["ok"])
     print(f"  {server.name:9} {json.dumps(summary)}", flush=True)
     return summary
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import cpuuse
 import loadgen
 from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service, wait_until_up
 
@@ -34,6 +35,7 @@ class Server:
     started_s: float  # from spawning the process to its readiness probe answering 200
     batches: Callable[[], Awaitable[tuple[float, float]]]  # (images, batches) so far, for mean batch sizes
     settings: dict[str, str]
+    cpu: Callable[[], dict[str, float]]  # CPU seconds so far (cpuuse.py): per role, or the process tree's total
 
     def host(self) -> str:
         return f"{HOST}:{self.port}"
@@ -60,7 +62,8 @@ def densepred(
         ready = time.perf_counter() - spawned
         port = urlsplit(served.url).port
         assert port is not None
-        yield Server(name, port, ready, _service_batches(port, task), served.settings)
+        pid = served.process.pid
+        yield Server(name, port, ready, _service_batches(port, task), served.settings, lambda: cpuuse.service_cpu(pid))
 
 
 def _free_port() -> int:
@@ -93,7 +96,7 @@ def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float
                 sizes = batch_log.read_text().split()
                 return float(sum(int(s) for s in sizes)), float(len(sizes))
 
-            yield Server("litserve", port, ready, batches, settings)
+            yield Server("litserve", port, ready, batches, settings, lambda: cpuuse.session_cpu(process.pid))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
