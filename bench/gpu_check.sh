@@ -3,10 +3,11 @@
 # the CUDA tests, then the GPU benchmarks. Installs nothing from the network: the service's other
 # dependencies come from wheels in .whl/ when that folder exists (see README, "Performance").
 #
-#     OUT=bench/results bash bench/gpu_check.sh      # about 5 minutes on one H100/H200
+#     OUT=bench/results bash bench/gpu_check.sh      # about 6 minutes on one H100/H200
 #
 # Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, postprocess_gpu.json,
-# compare_gpu.json, compare_gpu.png, compare_gpu.log. Exits non-zero if any step failed.
+# compare_gpu.{json,png,log}, and compare_gpu_small.{json,png,log} when the trained store
+# artifacts/models is there. Exits non-zero if any step failed.
 # The serving benchmark uses the ResNet-50 architectures, untrained (the cost per image of trained
 # ones): the small default models take 1-9 ms per image on such a GPU, too little to measure the GPU
 # path rather than HTTP and image decoding.
@@ -52,4 +53,12 @@ step "serving benchmark" 300 "$PYTHON" bench/compare.py --device cuda --tasks in
   --setting max_batch_pixels=40000000 \
   --out "$OUT/compare_gpu" >"$OUT/compare_gpu.log" 2>&1
 tail -5 "$OUT/compare_gpu.log"
+
+# The embedded default (small) segmentation model: ~1.5 ms per image here, so this shows the host path.
+if [ -d artifacts/models ]; then
+  step "serving benchmark, small models" 150 "$PYTHON" bench/compare.py --device cuda --tasks segment \
+    --systems service batch1 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 --warmup-s 2 \
+    --max-batch 32 --out "$OUT/compare_gpu_small" >"$OUT/compare_gpu_small.log" 2>&1
+  tail -3 "$OUT/compare_gpu_small.log"
+fi
 exit $status
