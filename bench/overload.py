@@ -5,10 +5,13 @@
 1. Capacity: closed-loop requests from 2 x MAX_BATCH_SIZE callers for --calibrate-s seconds.
 2. One open-loop run at 1x that rate, then one at 2x, each for --seconds. Open loop: requests start on a
    fixed schedule whatever the answers, as real clients do, so queueing is not hidden.
+3. 2x again, with every request sending its latency budget as `timeout=--budget-s`: the queue refuses
+   (429 queue_too_slow) what it estimates it cannot answer in time, instead of answering late.
 
+Each run also counts the answers that came within the budget per second ("on time").
 Pass criteria (printed and stored): rejections at 2x are 429 in under 50 ms (p99), admitted requests'
-p99 is within the request timeout, the server's peak RSS at 2x is within 10 % of the 1x run, and no
-response is a 5xx.
+p99 is within the request timeout, the server's peak RSS at 2x is within 10 % of the 1x run, no
+response is a 5xx except, in run 3, late ones (504) under 5 % of its requests.
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ Pictures = list[tuple[bytes, str]]
 
 
 async def open_loop(
-    served: Service, client: httpx.AsyncClient, path: str, pictures: Pictures, rate: float, seconds: float
+    served: Service,
+    client: httpx.AsyncClient,
+    path: str,
+    pictures: Pictures,
+    rate: float,
+    seconds: float,
+    budget_s: float,
+    send_budget: bool = False,
 ) -> dict[str, Any]:
     outcomes: list[tuple[int, float]] = []  # (status or -1 for a transport error, seconds)
     samples: list[dict[str, int]] = []
@@ -59,7 +69,8 @@ async def open_loop(
         body, media = pictures[i % len(pictures)]
         started = time.perf_counter()
         try:
-            response = await client.post(path, content=body, headers={"content-type": media})
+            params = {"timeout": budget_s} if send_budget else None
+            response = await client.post(path, content=body, headers={"content-type": media}, params=params)
             status = response.status_code
         except httpx.HTTPError:
             status = -1
@@ -81,11 +92,16 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     watcher.cancel()
-    return summarise(rate, seconds, outcomes, samples, depths)
+    return summarise(rate, seconds, outcomes, samples, depths, budget_s)
 
 
 def summarise(
-    rate: float, seconds: float, outcomes: list[tuple[int, float]], samples: list[dict[str, int]], depths: list[float]
+    rate: float,
+    seconds: float,
+    outcomes: list[tuple[int, float]],
+    samples: list[dict[str, int]],
+    depths: list[float],
+    budget_s: float,
 ) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     for status, _ in outcomes:
@@ -98,6 +114,7 @@ def summarise(
         "requests": len(outcomes),
         "statuses": statuses,
         "served_rps": round(len(ok) / seconds, 2),
+        "on_time_rps": round(sum(t <= budget_s for t in ok) / seconds, 2),
         "admitted_p50_ms": ms(percentile(ok, 50)),
         "admitted_p99_ms": ms(percentile(ok, 99)),
         "rejected_p50_ms": ms(percentile(rejected, 50)),
@@ -119,21 +136,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rate = await capacity(client, path, pictures, args.calibrate_s)
             print(f"capacity of {path}: {rate:.1f} requests/s; server {served.stats()}")
             runs = {}
-            for factor in (1, 2):
-                runs[f"{factor}x"] = await open_loop(served, client, path, pictures, factor * rate, args.seconds)
-                runs[f"{factor}x"]["hwm_after_mib"] = round(served.stats()["hwm_kib"] / 1024, 1)
-                print(f"{factor}x:", json.dumps(runs[f"{factor}x"]))
-    two, one = runs["2x"], runs["1x"]
+            for name, factor, send_budget in (("1x", 1, False), ("2x", 2, False), ("2x_budget", 2, True)):
+                runs[name] = await open_loop(
+                    served, client, path, pictures, factor * rate, args.seconds, args.budget_s, send_budget
+                )
+                runs[name]["hwm_after_mib"] = round(served.stats()["hwm_kib"] / 1024, 1)
+                print(f"{name}:", json.dumps(runs[name]))
+    two, one, budgeted = runs["2x"], runs["1x"], runs["2x_budget"]
     checks = {
         "rejections_are_429_under_50ms": two["rejected_p99_ms"] is not None and two["rejected_p99_ms"] < 50,
         "admitted_p99_within_deadline": (two["admitted_p99_ms"] or 0) <= REQUEST_TIMEOUT_S * 1000,
         "rss_within_10pct_of_1x": two["rss_peak_mib"] <= 1.1 * one["rss_peak_mib"],
-        "no_5xx": not any(s.startswith("5") for run in runs.values() for s in run["statuses"]),
+        "no_5xx": not any(s.startswith("5") for run in (one, two) for s in run["statuses"]),
+        "with_a_budget_late_answers_under_5pct": budgeted["statuses"].get("504", 0) < 0.05 * budgeted["requests"],
+        "with_a_budget_no_other_5xx": not any(s.startswith("5") and s != "504" for s in budgeted["statuses"]),
     }
     return {
         "machine": machine(),
         "endpoint": path,
         "service_settings": settings,
+        "budget_s": args.budget_s,
         "capacity_rps": round(rate, 2),
         "runs": runs,
         "checks": checks,
@@ -147,6 +169,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="a trained store; default: untrained models")
     parser.add_argument("--calibrate-s", type=float, default=30, help="also the warm-up (caches, allocator pools)")
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--budget-s", type=float, default=1.0, help="the callers' latency budget (run 3: `timeout`)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = asyncio.run(run(args))

@@ -2,6 +2,8 @@
 
 1. Admission: a place in the model's queue is reserved before a byte of the upload is read, so a full
    queue answers 429 at once and an overloaded process holds at most `max_queue` uploads per model.
+   A queue estimated to take longer than the request's timeout answers 429 at once too: a client that
+   sends `timeout` (its latency budget) gets a fast refusal rather than a late answer.
 2. Read (size-capped) and decode (pixel-capped, shrunk to `max_image_side`) on a bounded thread pool.
 3. Queue with the request's deadline; a deadline that passes while queued is a 504, never computed.
 4. While waiting, watch the connection: a client that leaves before its batch starts is dropped.
@@ -24,6 +26,7 @@ from service.batching import (
     BatcherStoppedError,
     Completed,
     DeadlineExceededError,
+    DeadlineUnreachableError,
     QueueFullError,
     Ticket,
     WorkerDiedError,
@@ -43,13 +46,21 @@ def queue_full(task: str, retry_after_s: float) -> ApiError:
     return ApiError(429, "queue_full", f"the {task} queue is full; retry in {seconds} s", {"Retry-After": str(seconds)})
 
 
+def deadline_unreachable(task: str, retry_after_s: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after_s))
+    message = f"the {task} queue would not reach this image within the request timeout; retry in {seconds} s"
+    return ApiError(429, "queue_too_slow", message, {"Retry-After": str(seconds)})
+
+
 async def run(
     request: Request, runtime: Runtime, model: TaskModel, job_query: Query, deadline: float
 ) -> tuple[DecodedImage, Completed[Answer]]:
     """Admit, read, decode, queue and wait; every failure is an ApiError. `deadline` is a perf_counter time."""
     task = model.manifest.task
     try:
-        ticket = model.batcher.admit()
+        ticket = model.batcher.admit(within_s=deadline - time.perf_counter())
+    except DeadlineUnreachableError as exc:
+        raise deadline_unreachable(task, exc.retry_after_s) from None
     except QueueFullError as exc:
         raise queue_full(task, exc.retry_after_s) from None
     except BatcherStoppedError as exc:

@@ -77,7 +77,7 @@ _ERRORS = {
     413: "Upload over the byte limit, or image over the pixel limit.",
     415: "Content type or image format other than JPEG, PNG or WEBP, or an animated / multi-frame file.",
     422: "Bad query parameter (the message lists valid class names), or an extreme aspect ratio.",
-    429: "Queue full; retry after the Retry-After header's seconds.",
+    429: "Queue full, or too slow for the request's timeout; retry after the Retry-After header's seconds.",
     503: "Model not loaded and warmed yet, shutting down, or its batching worker stopped.",
     504: "No result within the request timeout.",
     507: "The image does not fit in the device's memory, even in a batch of its own.",

@@ -13,6 +13,7 @@ from service.batching import (
     Batcher,
     BatcherStoppedError,
     DeadlineExceededError,
+    DeadlineUnreachableError,
     QueueFullError,
     WorkerDiedError,
 )
@@ -393,3 +394,26 @@ async def test_an_item_held_over_for_the_next_batch_is_failed_on_stop() -> None:
         for future in (first, held):
             with pytest.raises(BatcherStoppedError):
                 await future
+
+
+async def test_a_caller_whose_deadline_the_queue_cannot_meet_is_refused_at_once() -> None:
+    def tenth_of_a_second(items: list[int]) -> list[int]:
+        threading.Event().wait(0.1)
+        return items
+
+    async with running(tenth_of_a_second, max_batch_size=1, max_wait_s=0, max_queue=16) as (batcher, _):
+        assert batcher.wait_s() == 0
+        with batcher.admit(within_s=0.001):  # nobody ahead: tried whatever its deadline
+            pass
+        await batcher.submit(0)  # one batch timed: 0.1 s per item
+        backlog = [asyncio.create_task(batcher.submit(x)) for x in range(1, 6)]
+        await asyncio.sleep(0.02)  # item 1 runs, 4 wait: about 0.48 s before a newcomer's batch starts
+        assert 0.35 < batcher.wait_s() < 0.7
+        with pytest.raises(DeadlineUnreachableError) as refused:
+            batcher.admit(within_s=0.3)
+        assert isinstance(refused.value, QueueFullError)  # a 429 like a full queue, with its Retry-After
+        assert refused.value.retry_after_s > 0
+        with batcher.admit(within_s=5.0) as ticket:  # a patient caller still gets in
+            late = asyncio.create_task(batcher.submit(6, timeout_s=5.0, ticket=ticket))
+            await asyncio.sleep(0)
+        assert [c.value for c in await asyncio.gather(*backlog, late)] == [1, 2, 3, 4, 5, 6]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,33 @@ async def test_full_queue_answers_429_at_once(store: Path, predictors: dict[str,
         assert [r.status_code for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
         metrics = (await client.get("/metrics")).text
     assert metric_samples(metrics, "densepred_requests_rejected_total")['{reason="queue_full",task="segment"}'] == 1
+
+
+async def test_a_timeout_the_queue_cannot_meet_gets_429_at_once(store: Path, predictors: dict[str, Predictor]) -> None:
+    def fifth_of_a_second(images: Sequence[torch.Tensor]) -> None:
+        time.sleep(0.2)
+
+    wrapped = WrappedPredictor(predictors["segment"], before_batch=fifth_of_a_second)
+    settings = settings_for(store, tasks="segment", max_batch_size=1, max_wait_ms=0)
+    data = encode(blocks_image(402, 32, 32))
+    async with serve(settings, lambda task, device: wrapped) as client:
+        assert (await client.post("/segment", **as_raw(data))).status_code == 200  # times a batch: 0.2 s
+        backlog = [asyncio.create_task(client.post("/segment", **as_raw(data))) for _ in range(4)]
+        while 'densepred_queue_depth{task="segment"} 3.0' not in (await client.get("/metrics")).text:
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        hurried = await client.post("/segment?timeout=0.3", **as_raw(data))  # about 0.8 s of work ahead
+        assert loop.time() - start < 0.5  # refused at once, not after the 0.8 s ahead of it
+        patient = await client.post("/segment?timeout=5", **as_raw(data))
+        assert [r.status_code for r in await asyncio.gather(*backlog)] == [200] * 4
+        metrics = (await client.get("/metrics")).text
+    assert hurried.status_code == 429
+    assert hurried.json()["error"]["code"] == "queue_too_slow"
+    assert int(hurried.headers["retry-after"]) >= 1
+    assert patient.status_code == 200
+    rejected = metric_samples(metrics, "densepred_requests_rejected_total")
+    assert rejected['{reason="queue_too_slow",task="segment"}'] == 1
 
 
 async def test_request_past_its_deadline_gets_504(store: Path, predictors: dict[str, Predictor]) -> None:
