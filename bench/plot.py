@@ -68,6 +68,10 @@ def _goodput(ax: Axes, task: str, report: dict[str, Any], slo_ms: float) -> None
         offered = [p["offered_rps"] for p in points]
         ax.plot(offered, [p["goodput_rps"] for p in points], "o-", **STYLE[name])
         top = max([top, *offered])
+        budgeted = _points(system, "open_timeout_slo")
+        if budgeted:
+            x, y = [p["offered_rps"] for p in budgeted], [p["goodput_rps"] for p in budgeted]
+            ax.plot(x, y, "s--", color=STYLE[name]["color"], label=f"{STYLE[name]['label']}, callers send timeout")
     ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="offered")
     ax.set(title=f"{task}: open loop, goodput (p ≤ {slo_ms:g} ms)", xlabel="offered images / s", ylabel="images / s")
     ax.set(xlim=(0, None), ylim=(0, None))

@@ -71,9 +71,15 @@ def _system(rps: float, p99: float, batch: float = 1.0) -> dict:
 def test_ratios_and_plot(tmp_path: Path) -> None:
     batches = [{"batch_size": 1, "images_per_s": 20.0, "batch_p50_ms": 45.0},
                {"batch_size": 8, "images_per_s": 25.0, "batch_p50_ms": 300.0}]  # fmt: skip
-    task = {"raw": {"batches": batches}, "systems": {"service": _system(20, 80, 4), "batch1": _system(18, 90),
+    service = _system(20, 80, 4)
+    service["points"].append({"mode": "open_timeout_slo", "rate_factor": 1.0, "offered_rps": 20.0,
+                              "throughput_rps": 19, "goodput_rps": 19, "p50_ms": 60.0, "p99_ms": 90.0})  # fmt: skip
+    task = {"raw": {"batches": batches}, "systems": {"service": service, "batch1": _system(18, 90),
                                                     "litserve": _system(10, 200, 4)}}  # fmt: skip
     ratios = compare.ratios(task)
+    assert ratios["goodput_rps_by_offered_load"] == {
+        "1x": {"service": 20, "service, timeout = SLO": 19, "batch1": 18, "litserve": 10}
+    }
     targets = ratios["targets"]
     assert targets["saturation_vs_raw_batched"] == {"value": 1.6, "target": ">= 0.9", "met": True}
     assert targets["p50_overhead_c1_vs_forward_b1"]["value"] == round(50 / 45 - 1, 3)
