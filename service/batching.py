@@ -8,9 +8,8 @@ function on a dedicated thread so the event loop never does the heavy work.
 
 Overload and faults are handled here too: a caller may `admit` itself before doing its own preparation
 (so a full queue, or one estimated too slow for the caller's deadline, refuses at once, before any
-upload is read), an item whose deadline passes while it
-waits is never computed, a failing batch is retried item by item or halved (batch_runner.py), and a
-worker that dies fails its waiting items at once.
+upload is read), an item whose deadline passes while it waits is never computed, a failing batch is
+retried item by item or halved (batch_runner.py), and a worker that dies fails its waiting items at once.
 """
 
 from __future__ import annotations
