@@ -23,6 +23,7 @@ class TrainConfig:
     # Overrides of the architecture's `input` (resize) settings, recorded in the manifest.
     input: dict[str, Any] = field(default_factory=dict)
     scale_jitter: float = 0.2
+    crop: int = 0  # segment: train on random crops of at most crop x crop px of the resized images (0: whole)
     eval_images: int | None = None  # None: the whole val split
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
