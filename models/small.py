@@ -172,8 +172,9 @@ def _small_rcnn_parts(out_channels: int, num_classes: int, roi_op: str) -> dict[
         "box_head": TwoMLPHead(out_channels * 7 * 7, representation),
         "box_predictor": FastRCNNPredictor(representation, num_classes),
         # Training samples 300 proposals and 128 RoIs per image (torchvision: 2000 and 512). Halving both
-        # made Mask R-CNN steps 2.3x faster but learn less per step: in bench/results/accuracy_experiments.md
-        # the halved chain reached mask mAP@0.5 0.86, these counts 0.87 to 0.92 in the same steps.
+        # made Mask R-CNN steps 2.3x faster but learn less per step: with the same steps, the quick chain's
+        # Mask R-CNN reached mask mAP@0.5 0.86 with halved counts and 0.92 with these (one GPU run each,
+        # bench/results/accuracy_experiments.md).
         "rpn_pre_nms_top_n_train": 600,
         "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 300,
