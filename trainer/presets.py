@@ -38,7 +38,7 @@ _TABLE: dict[str, dict[str, TrainConfig]] = {
         # Random 224 px crops: as accurate per step as whole images (which the batch pads to 1.5x their
         # pixels) at 1.85x the steps/s on 2 CPU cores; mIoU kept rising to 1500 steps
         # (bench/results/accuracy_experiments.md).
-        "quick": TrainConfig(steps=1000, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224),
+        "quick": TrainConfig(steps=1400, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224),
         "full": TrainConfig(steps=6000, batch_size=8, lr=2e-3, warmup_steps=200, input={"max_size": 512}),
     },
     "detect": {
@@ -56,7 +56,7 @@ _TABLE: dict[str, dict[str, TrainConfig]] = {
 
 def quick_refine() -> TrainConfig:
     """The quick detector's second run, from the quick Mask R-CNN: its boxes already fit, so a short run."""
-    return TrainConfig(steps=300, batch_size=4, lr=1e-3, warmup_steps=20, input=_SMALL_RCNN)
+    return TrainConfig(steps=250, batch_size=4, lr=1e-3, warmup_steps=20, input=_SMALL_RCNN)
 
 
 def get_preset(task: str, name: str, arch_is_small: bool) -> TrainConfig:
