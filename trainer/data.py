@@ -150,15 +150,30 @@ def collate(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Targ
 
 
 def segmentation_batch(
-    images: list[Tensor], targets: list[Target], max_size: int, mean: Tensor, std: Tensor, scale_jitter: float = 0.0
+    images: list[Tensor],
+    targets: list[Target],
+    max_size: int,
+    mean: Tensor,
+    std: Tensor,
+    scale_jitter: float = 0.0,
+    crop: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Scale each image as the predictor would (longer side at most max_size), jitter, pad to a common size."""
+    """Scale each image as the predictor would (longer side at most max_size), jitter, pad to a common size.
+
+    `crop` > 0: a random window of at most crop x crop pixels of each scaled image (the FCN paper's random
+    crops). Scaled images differ in size and aspect, so a whole-image batch is padded to its largest height
+    and width: 1.5x the pixels it holds on the shapes data. Crops bound the batch at crop x crop per image.
+    """
     xs, ys = [], []
     for image, target in zip(images, targets, strict=True):
         scale = min(1.0, max_size / max(image.shape[-2:])) * random.uniform(1 - scale_jitter, 1 + scale_jitter)
         size = [max(8, round(s * scale)) for s in image.shape[-2:]]
         x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)
         y = F.interpolate(target["mask"][None, None].float(), size=size, mode="nearest")
+        if crop:
+            top, left = (random.randint(0, max(0, s - crop)) for s in size)
+            x = x[..., top : top + crop, left : left + crop]
+            y = y[..., top : top + crop, left : left + crop]
         xs.append((x[0] - mean) / std)
         ys.append(y[0, 0].long())
     height = -(-max(x.shape[-2] for x in xs) // 32) * 32

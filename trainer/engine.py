@@ -40,11 +40,14 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.05) -> Any:
 class LossComputer:
     """Turns a batch into a dict of named losses, the way each task's model expects it."""
 
-    def __init__(self, task: str, device: torch.device, input_spec: dict[str, Any], scale_jitter: float) -> None:
+    def __init__(
+        self, task: str, device: torch.device, input_spec: dict[str, Any], scale_jitter: float, crop: int = 0
+    ) -> None:
         self.task = task
         self.device = device
         self.input_spec = input_spec
         self.scale_jitter = scale_jitter
+        self.crop = crop
         self.mean = torch.tensor(input_spec["mean"]).view(3, 1, 1)
         self.std = torch.tensor(input_spec["std"]).view(3, 1, 1)
 
@@ -59,7 +62,7 @@ class LossComputer:
 
     def _segment(self, model: nn.Module, images: list[Tensor], targets: list[Target]) -> dict[str, Tensor]:
         max_size = int(self.input_spec.get("max_size") or 1024)
-        x, y = segmentation_batch(images, targets, max_size, self.mean, self.std, self.scale_jitter)
+        x, y = segmentation_batch(images, targets, max_size, self.mean, self.std, self.scale_jitter, self.crop)
         out = model(x.to(self.device))
         y = y.to(self.device)
         losses = {"loss_seg": F.cross_entropy(out["out"], y, ignore_index=IGNORE)}

@@ -20,7 +20,7 @@ from torch import nn
 from models import Manifest, build_model, get_arch, make_predictor, save_entry
 from trainer import distributed
 from trainer.checkpoint import CHECKPOINT_FILE, TrainState, load_checkpoint
-from trainer.data import TrainingData
+from trainer.data import CocoDataset, TrainingData
 from trainer.datasets import open_dataset
 from trainer.engine import LossComputer, make_state, seed_everything, train_steps
 from trainer.evaluate import evaluate
@@ -98,9 +98,10 @@ def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest 
     else:
         # Augmentation and the model's own sampling (RPN, dropout) draw from here: one stream per rank.
         seed_everything(job.seed + procs.rank)
-    sampler = EpochBatchSampler(len(dataset), job.config.batch_size, job.seed, procs.rank, procs.world_size)
+    sampler = EpochBatchSampler(len(dataset), job.config.batch_size, job.seed, procs.rank, procs.world_size,
+                                groups=aspect_groups(dataset, job.task))  # fmt: skip
     batches = batch_stream(dataset, sampler, start_step=state.step)
-    compute_losses = LossComputer(job.task, procs.device, manifest.input, job.config.scale_jitter)
+    compute_losses = LossComputer(job.task, procs.device, manifest.input, job.config.scale_jitter, job.config.crop)
     reporter = _reporter(job, resume, state.step, procs.world_size) if procs.is_main else None
     train_mode(model, frozen)
     network = distributed.wrap(model, procs)
@@ -112,6 +113,15 @@ def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest 
     manifest = _finish(replace(job, run_dir=reporter.run_dir), state, manifest, reporter.history, procs, precision)
     procs.barrier()
     return manifest
+
+
+def aspect_groups(dataset: TrainingData, task: str) -> list[int] | None:
+    """Landscape (0) or portrait (1) per training image for the R-CNNs, which pad a batch to its largest
+    height and width; None (no grouping) for segmentation, whose batches are crops or few, or other layouts."""
+    if task == "segment" or not isinstance(dataset, CocoDataset):
+        return None
+    images = (dataset.coco.imgs[image_id] for image_id in dataset.image_ids)
+    return [int(info["height"] > info["width"]) for info in images]
 
 
 def build(job: TrainJob, dataset: TrainingData) -> tuple[nn.Module, Manifest]:

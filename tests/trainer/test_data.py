@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from trainer.data import IGNORE, hflip, rcnn_target, semantic_target
+from trainer.data import IGNORE, hflip, rcnn_target, segmentation_batch, semantic_target
 
 
 def _rle(mask: np.ndarray) -> dict[str, object]:
@@ -47,3 +49,29 @@ def test_rcnn_target_and_flip_keep_boxes_on_their_masks() -> None:
     assert flipped["boxes"][0].tolist() == [12, 2, 15, 5]
     cols = flipped["masks"][0].any(0).nonzero().flatten()
     assert (cols.min().item(), cols.max().item() + 1) == (12, 15)
+
+
+def test_segmentation_crops_bound_the_batch_and_keep_pixels_on_their_labels() -> None:
+    random.seed(0)
+    # Each pixel's label is its value (in 20 px blocks), so a crop that moved image and labels apart would show.
+    images, targets = [], []
+    for height, width in ((300, 500), (100, 90)):
+        rows, cols = torch.arange(height)[:, None] // 20, torch.arange(width)[None, :] // 20
+        labels = (rows + cols) % 4
+        images.append((labels * 60).to(torch.uint8).expand(3, height, width).contiguous())
+        targets.append({"mask": labels})
+    zero, one = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    x, y = segmentation_batch(images, targets, 320, zero, one, crop=128)
+    assert x.shape == (2, 3, 128, 128)
+    assert y.shape == (2, 128, 128)
+    assert (y[1, 100:] == IGNORE).all()
+    assert (y[1, :, 90:] == IGNORE).all()
+    # Nearest-neighbour labels against bilinear pixels: compare where the image is flat (all four neighbours agree).
+    kept = y[0]
+    flat = (kept[1:-1, 1:-1] == kept[:-2, 1:-1]) & (kept[1:-1, 1:-1] == kept[2:, 1:-1])
+    flat &= (kept[1:-1, 1:-1] == kept[1:-1, :-2]) & (kept[1:-1, 1:-1] == kept[1:-1, 2:])
+    pixels = (x[0, 0, 1:-1, 1:-1] * 255 / 60).round().long()
+    assert flat.float().mean() > 0.5
+    assert (pixels[flat] == kept[1:-1, 1:-1][flat]).float().mean() > 0.95
+    whole, _ = segmentation_batch(images, targets, 320, zero, one)
+    assert whole.shape[-2:] == (192, 320)

@@ -57,6 +57,19 @@ def test_ranks_take_disjoint_equal_shares_of_each_epoch() -> None:
         EpochBatchSampler(5, 2, seed=0, world_size=4)
 
 
+def test_grouped_batches_hold_one_group_and_keep_the_epoch_shape() -> None:
+    groups = [i % 3 == 0 for i in range(20)]  # 7 of one group, 13 of the other
+    for rank, world_size in ((0, 1), (1, 2)):
+        plain = EpochBatchSampler(20, 4, seed=2, rank=rank, world_size=world_size)
+        grouped = EpochBatchSampler(20, 4, seed=2, rank=rank, world_size=world_size, groups=[int(g) for g in groups])
+        for epoch in range(3):
+            a, b = plain.epoch_batches(epoch), grouped.epoch_batches(epoch)
+            assert len(a) == len(b)
+            assert sorted(i for x in a for i in x) == sorted(i for x in b for i in x)
+            assert sum(len({groups[i] for i in batch}) > 1 for batch in b) <= 1  # only the remainders mix
+        assert grouped.epoch_batches(1) == grouped.epoch_batches(1)
+
+
 def test_a_stream_reenters_at_any_step_without_loading_what_it_skips() -> None:
     def ids(batches: list[tuple[list[Tensor], list[Target]]]) -> list[list[int]]:
         return [[int(x) for x in images] for images, _ in batches]
