@@ -34,11 +34,11 @@ def trainer(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainer", *args]
 
 
-def run_bootstrap(workdir: Path) -> tuple[Path, float, list[dict[str, Any]]]:
+def run_bootstrap(workdir: Path, seed: int = 0) -> tuple[Path, float, list[dict[str, Any]]]:
     """Runs the bootstrap, echoing its log, and returns the store, wall seconds and its stage records."""
     store, data = workdir / "store", workdir / "shapes"
     started = time.perf_counter()
-    process = subprocess.Popen(trainer("bootstrap", "--out", str(store), "--data", str(data)),
+    process = subprocess.Popen(trainer("bootstrap", "--out", str(store), "--data", str(data), "--seed", str(seed)),
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert process.stderr is not None
     stages = []
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--wall-seconds", type=float, help="with --store: its wall time, timed by the caller")
     parser.add_argument("--workdir", type=Path, help="where the store and data go (default: a temporary folder)")
     parser.add_argument("--fresh-seed", type=int, default=1, help="seed of the fresh evaluation set")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's training seed (data: seed 0)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     total, stages = args.wall_seconds, None
@@ -91,7 +92,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         store = args.store
         if store is None:
-            store, total, stages = run_bootstrap(workdir)
+            store, total, stages = run_bootstrap(workdir, args.seed)
         report = {
             "machine": {
                 "platform": platform.platform(),
@@ -99,6 +100,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             },
+            "training_seed": args.seed if args.store is None else None,
             "total_wall_seconds": round(total, 1) if total is not None else None,
             "stages": stages,
             "tasks": collect(store),

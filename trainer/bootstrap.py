@@ -62,7 +62,10 @@ def stage_config(stage: Stage, preset: str) -> TrainConfig:
     return quick_refine() if stage.refine and preset == "quick" else get_preset(stage.task, preset, arch_is_small=True)
 
 
-def bootstrap(store: Path, data: Path, preset: str = "quick", device: str = "auto", progress: bool = True) -> None:
+def bootstrap(
+    store: Path, data: Path, preset: str = "quick", device: str = "auto", progress: bool = True, seed: int = 0
+) -> None:
+    """Train every task the store lacks; `seed` seeds each stage's training (the data keep QUICK_DATA's)."""
     todo = missing_tasks(store)
     if not todo:
         log.info("model store %s is complete; nothing to train", store)
@@ -77,7 +80,7 @@ def bootstrap(store: Path, data: Path, preset: str = "quick", device: str = "aut
                  store, init_from or "scratch")  # fmt: skip
         job = TrainJob(task=stage.task, data=data, out=store, arch=DEFAULT_ARCH[stage.task], preset=preset,
                        config=stage_config(stage, preset), device=resolve_device(device), init_from=init_from,
-                       progress=progress)  # fmt: skip
+                       progress=progress, seed=seed)  # fmt: skip
         manifest = run(job)
         assert manifest is not None  # a single process is its own rank 0
         # One JSON line per stage: bench/quick_preset.py reads them (the refined detector replaces the first).

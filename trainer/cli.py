@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset folder (generated when absent)")
     p.add_argument("--preset", choices=PRESETS, default="quick")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay seed 0)")
 
     sub.add_parser("archs", help="list the architectures per task")
     return parser
@@ -176,7 +177,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    bootstrap(args.out, args.data, args.preset, args.device)
+    bootstrap(args.out, args.data, args.preset, args.device, seed=args.seed)
     return 0
 
 
