@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,20 @@ def test_bootstrap_chains_the_tasks_through_one_backbone(store: Path, tmp_path: 
     # Faster R-CNN is Mask R-CNN less its mask head: every detector tensor comes from the instances entry.
     detector = build_model("detect", "fasterrcnn_small", 4)
     assert warm_start(detector, store / "instances", "detect") == []
+
+
+def test_bootstrap_trains_what_the_store_lacks_with_the_seed_given(
+    shapes: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partial = tmp_path / "store"
+    for task in ("instances", "segment"):
+        shutil.copytree(store / task, partial / task)
+    monkeypatch.chdir(tmp_path)  # run folders go under ./artifacts/runs
+    argv = ["bootstrap", "--out", str(partial), "--data", str(shapes), "--preset", "smoke", "--device", "cpu"]
+    assert main([*argv, "--seed", "3"]) == 0
+    trained = read_manifest(partial, "detect").trained
+    assert (trained["seed"], trained["preset"], trained["init_from"]) == (3, "smoke", None)
+    assert read_manifest(partial, "instances").trained == read_manifest(store, "instances").trained  # kept
 
 
 def test_import_torchvision_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
