@@ -11,8 +11,10 @@ Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifact
   (d) litserve   LitServe hosting the same predictor, batching on with the same 8 / 10 ms, doing the same
                  decode and JSON per request (bench/litserve_app.py).
 (b)-(d) get multipart uploads, as `curl -F` sends them, from bench/loadgen.py: closed loop at each
---concurrency, then open loop (Poisson arrivals) at each --rates factor x the raw batched capacity.
-Only one server runs at a time, each warmed up first.
+--concurrency, then open loop (Poisson arrivals) at each --rates factor x the raw batched capacity;
+the service's open-loop points run once more with each request sending the SLO as `timeout`
+(mode "open_timeout_slo"). Only one server runs at a time, each warmed up first. Every point records
+the server's CPU per answered request, by thread role for the service (bench/cpuuse.py).
 
 Writes <out>.json (machine and versions, settings, every figure, and `ratios` with the issue's targets)
 and <out>.png (throughput and latency vs concurrency, goodput vs offered rate). Reading them: the raw
