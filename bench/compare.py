@@ -86,7 +86,9 @@ async def exercise(
     budgeted = [loadgen.multipart_request(server.host(), f"/{task}?timeout={args.slo_ms / 1000:g}", data, media)
                 for data, media in pictures] if server.name == "service" else []  # fmt: skip
     for mode, batch in (("open", requests), ("open_timeout_slo", budgeted)):
-        for factor in args.rates if batch else []:
+        if not batch:
+            continue
+        for factor in args.rates:
             rate = factor * capacity
             count = max(10, round(rate * args.seconds))
             run = loadgen.open_loop(systems.HOST, server.port, batch, rate, count, seed=args.seed)

@@ -12,23 +12,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROLES = ("event_loop", "inference", "other", "total")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_seconds(stat_file: Path) -> float:
+def _stat_fields(stat_file: Path) -> list[str]:
+    """/proc stat fields from the third on (state, ppid, ...): after "pid (comm) ", whatever comm holds."""
     stat = stat_file.read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", whatever comm holds
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
 def service_cpu(pid: int) -> dict[str, float]:
     """The service process's CPU seconds by role; `other` is the rest, threads already ended included."""
-    total = _cpu_seconds(Path(f"/proc/{pid}/stat"))
+    total = _cpu_seconds(_stat_fields(Path(f"/proc/{pid}/stat")))
     loop = inference = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            seconds = _cpu_seconds(task / "stat")
+            seconds = _cpu_seconds(_stat_fields(task / "stat"))
             name = (task / "comm").read_text().strip()
         except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
@@ -46,11 +49,11 @@ def session_cpu(session: int) -> dict[str, float]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = _stat_fields(entry / "stat")
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[3]) == session:  # field 6: session id
-            total += _cpu_seconds(entry / "stat")
+        if int(fields[3]) == session:  # field 6 of stat: the session id
+            total += _cpu_seconds(fields)
     return {"total": total}
 
 

@@ -22,15 +22,15 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from models import Query
-from service.batching import (
+from service.admission import (
     BatcherStoppedError,
-    Completed,
     DeadlineExceededError,
     DeadlineUnreachableError,
     QueueFullError,
     Ticket,
     WorkerDiedError,
 )
+from service.batching import Completed
 from service.errors import ApiError
 from service.imaging import DecodedImage, decode_image
 from service.runtime import Answer, Job, Runtime, TaskModel
