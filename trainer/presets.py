@@ -1,8 +1,10 @@
 """Training presets per task: `smoke` (tests, under a minute), `quick` (the embedded default), `full`.
 
-`quick` is tuned for the chain `python -m trainer bootstrap` runs (trainer/bootstrap.py): detect from
-scratch, instances from that detector (`--init-from STORE/detect`), the detector refined from instances
-(`quick_refine`), segment from instances. Alone, from scratch, instances and segment fall short of it.
+`quick` and `full` are tuned for the chain `python -m trainer bootstrap` runs (trainer/bootstrap.py):
+detect from scratch, instances from that detector (`--init-from STORE/detect`), the detector refined
+from instances (`refine_preset`), segment from instances. Alone, from scratch, instances and segment
+fall short of `quick`. `full` is the same chain, longer, at the small models' own input sizes (R-CNN
+shorter side 320, longer at most 512; FCN longer side 512) instead of `quick`'s smaller ones.
 """
 
 from __future__ import annotations
@@ -39,24 +41,33 @@ _TABLE: dict[str, dict[str, TrainConfig]] = {
         # pixels) at 1.85x the steps/s on 2 CPU cores; mIoU kept rising to 1500 steps
         # (bench/results/accuracy_experiments.md).
         "quick": TrainConfig(steps=1400, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224),
-        "full": TrainConfig(steps=6000, batch_size=8, lr=2e-3, warmup_steps=200, input={"max_size": 512}),
+        "full": TrainConfig(steps=4000, batch_size=8, lr=2e-3, warmup_steps=100, crop=256),
     },
     "detect": {
         "smoke": TrainConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2, input=_SMALL_RCNN, eval_images=8),
         "quick": TrainConfig(steps=800, batch_size=4, lr=1e-3, input=_SMALL_RCNN),
-        "full": TrainConfig(steps=8000, batch_size=4, lr=1e-3, warmup_steps=200, input={"min_size": 320}),
+        "full": TrainConfig(steps=2400, batch_size=4, lr=1e-3, warmup_steps=200),
     },
     "instances": {
         "smoke": TrainConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2, input=_SMALL_RCNN, eval_images=8),
         "quick": TrainConfig(steps=600, batch_size=4, lr=1e-3, input=_SMALL_RCNN),
-        "full": TrainConfig(steps=8000, batch_size=4, lr=1e-3, warmup_steps=200, input={"min_size": 320}),
+        "full": TrainConfig(steps=2400, batch_size=4, lr=1e-3, warmup_steps=200),
     },
 }
 
 
-def quick_refine() -> TrainConfig:
-    """The quick detector's second run, from the quick Mask R-CNN: its boxes already fit, so a short run."""
-    return TrainConfig(steps=250, batch_size=4, lr=1e-3, warmup_steps=20, input=_SMALL_RCNN)
+# The detector's second run in the chain, from the Mask R-CNN: its boxes already fit, so a short run.
+_REFINE = {
+    "smoke": _TABLE["detect"]["smoke"],
+    "quick": TrainConfig(steps=250, batch_size=4, lr=1e-3, warmup_steps=20, input=_SMALL_RCNN),
+    "full": TrainConfig(steps=600, batch_size=4, lr=1e-3, warmup_steps=50),
+}
+
+
+def refine_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _REFINE[name]
 
 
 def get_preset(task: str, name: str, arch_is_small: bool) -> TrainConfig:

@@ -89,7 +89,8 @@ def test_bootstrap_chains_the_tasks_through_one_backbone(store: Path, tmp_path: 
     sources = [init_source(store, stage) for stage in stages]
     assert sources == [None, store / "detect", store / "instances", store / "instances"]
     assert init_source(tmp_path, Stage("segment")) is None  # nothing to start from: from scratch
-    assert stage_config(stages[2], "quick").steps < stage_config(stages[0], "quick").steps
+    for preset in ("quick", "full"):  # the refinement is a short run in both chains
+        assert stage_config(stages[2], preset).steps < stage_config(stages[0], preset).steps
     # Faster R-CNN is Mask R-CNN less its mask head: every detector tensor comes from the instances entry.
     detector = build_model("detect", "fasterrcnn_small", 4)
     assert warm_start(detector, store / "instances", "detect") == []

@@ -1,8 +1,9 @@
-"""Time the embedded default: `trainer bootstrap` (synth + quick preset for all three tasks) on this machine.
+"""Time a preset's chain: `trainer bootstrap` (synth + all three tasks) on this machine.
 
-    python bench/quick_preset.py --out bench/results/quick_preset_cpu.json          # trains, ~15 min on 2 cores
-    python bench/quick_preset.py --workdir artifacts/quick --out ...                # keep the store and data
-    python bench/quick_preset.py --store STORE --out ...                            # only collect a finished store
+    python bench/preset.py --out bench/results/quick_preset_cpu.json               # quick: ~15 min on 2 cores
+    python bench/preset.py --preset full --out bench/results/full_preset_cpu.json  # full
+    python bench/preset.py --workdir artifacts/quick --out ...                     # keep the store and data
+    python bench/preset.py --store STORE --out ...                                 # only collect a finished store
 
 Writes the bootstrap's stages (each training run: steps, seconds, val metrics), the store's final entries,
 the total wall time when this script ran the bootstrap itself, and every model's metrics on a fresh
@@ -34,11 +35,12 @@ def trainer(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainer", *args]
 
 
-def run_bootstrap(workdir: Path, seed: int = 0) -> tuple[Path, float, list[dict[str, Any]]]:
+def run_bootstrap(workdir: Path, preset: str, seed: int = 0) -> tuple[Path, float, list[dict[str, Any]]]:
     """Runs the bootstrap, echoing its log, and returns the store, wall seconds and its stage records."""
     store, data = workdir / "store", workdir / "shapes"
     started = time.perf_counter()
-    process = subprocess.Popen(trainer("bootstrap", "--out", str(store), "--data", str(data), "--seed", str(seed)),
+    process = subprocess.Popen(trainer("bootstrap", "--out", str(store), "--data", str(data), "--preset", preset,
+                                       "--seed", str(seed)),
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert process.stderr is not None
     stages = []
@@ -51,7 +53,7 @@ def run_bootstrap(workdir: Path, seed: int = 0) -> tuple[Path, float, list[dict[
     return store, time.perf_counter() - started, stages
 
 
-def collect(store: Path) -> dict[str, object]:
+def collect(store: Path) -> dict[str, dict[str, Any]]:
     tasks = {}
     for task in TASKS:
         manifest = read_manifest(store, task)
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--wall-seconds", type=float, help="with --store: its wall time, timed by the caller")
     parser.add_argument("--workdir", type=Path, help="where the store and data go (default: a temporary folder)")
     parser.add_argument("--fresh-seed", type=int, default=1, help="seed of the fresh evaluation set")
+    parser.add_argument("--preset", default="quick", help="the bootstrap's preset (quick or full)")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's training seed (data: seed 0)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -92,7 +95,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         store = args.store
         if store is None:
-            store, total, stages = run_bootstrap(workdir, args.seed)
+            store, total, stages = run_bootstrap(workdir, args.preset, args.seed)
         report = {
             "machine": {
                 "platform": platform.platform(),
@@ -100,6 +103,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             },
+            "preset": args.preset if args.store is None else None,
             "training_seed": args.seed if args.store is None else None,
             "total_wall_seconds": round(total, 1) if total is not None else None,
             "stages": stages,
