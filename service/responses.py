@@ -9,8 +9,8 @@ from PIL import Image
 from pydantic import BaseModel
 
 from client.overlay import encode_png, render_overlay
-from models import Detections, Manifest, Region, SemanticMap
-from service.rle import encode_regions
+from models import Detections, Manifest, SemanticMap
+from service.rle import encode_label_map, encode_regions
 from service.scaling import upsample_nearest
 from service.schemas import Detection, InstanceDetection, Mask, ModelInfo, Segment
 
@@ -47,17 +47,11 @@ def instances(result: Detections, names: Mapping[int, str]) -> list[InstanceDete
 
 def segments(result: SemanticMap, names: Mapping[int, str], size: tuple[int, int] | None = None) -> list[Segment]:
     labels = result.labels
-    present = [int(i) for i in torch.unique(labels).tolist() if i != 0]  # 0 is background
-    if not present:
-        return []
     if size is not None:
         labels = upsample_nearest(labels, size)  # once, for all classes: they stay disjoint
-    # One mask per class of a single label map: disjoint by construction.
-    regions = [Region(labels == i, 0, 0) for i in present]
-    rles, areas = encode_regions(regions, (int(labels.shape[0]), int(labels.shape[1])))
     return [
-        Segment(label=_label(names, i), label_id=i, area=int(area), mask=Mask(**rle))
-        for i, area, rle in zip(present, areas, rles, strict=True)
+        Segment(label=_label(names, label_id), label_id=label_id, area=area, mask=Mask(**rle))
+        for label_id, (rle, area) in sorted(encode_label_map(labels).items())
     ]
 
 

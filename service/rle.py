@@ -35,6 +35,39 @@ def encode_regions(regions: Sequence[Region], size: tuple[int, int]) -> tuple[li
     return rles, [int(c[1::2].sum()) for c in counts]
 
 
+def encode_label_map(labels: torch.Tensor) -> dict[int, tuple[Rle, int]]:
+    """Every non-zero label's mask in an [H, W] label map: its RLE and pixel area, from one pass.
+
+    Labels are disjoint, so each label's runs of 1s are exactly the maximal runs of that label in the
+    column-major map; no per-label comparison of the whole map is needed.
+    """
+    height, width = (int(n) for n in labels.shape)
+    flat = labels.t().contiguous().reshape(-1).numpy()  # column-major, as COCO counts
+    total = flat.size
+    if total == 0:
+        return {}
+    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+    ends = np.append(starts[1:], total)
+    values = flat[starts]
+    counts: dict[int, np.ndarray] = {}
+    for label in np.unique(values).tolist():
+        if label == 0:  # background
+            continue
+        mine = values == label
+        bounds = np.empty(2 * int(mine.sum()), dtype=np.int64)
+        bounds[0::2], bounds[1::2] = starts[mine], ends[mine]
+        if bounds[-1] == total:  # the last pixel is in: COCO ends on that run
+            bounds = bounds[:-1]
+        counts[label] = np.diff(bounds, prepend=0, append=total)
+    if not counts:
+        return {}
+    coded = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts.values()], height, width)
+    return {
+        label: (Rle(size=[height, width], counts=rle["counts"].decode("ascii")), int(c[1::2].sum()))
+        for (label, c), rle in zip(counts.items(), coded, strict=True)
+    }
+
+
 def encode_masks(masks: torch.Tensor, size: tuple[int, int] | None = None) -> list[Rle]:
     """[N, h, w] bool masks to N RLEs that `pycocotools.mask.decode` turns back into exactly these masks.
 

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 from models import Detections
 from service.imaging import DecodedImage, fit_within
-from service.rle import encode_masks, mask_areas
+from service.rle import encode_label_map, encode_masks, mask_areas
 from service.scaling import to_upload_coordinates, upsample_nearest
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
@@ -41,6 +41,30 @@ def test_rle_round_trip_is_exact(stack: torch.Tensor) -> None:
     for mask, rle, area in zip(stack, rles, mask_areas(rles), strict=True):
         assert rle["size"] == list(mask.shape)
         assert np.array_equal(_decode(rle), mask.numpy().astype(np.uint8))
+        assert area == int(mask.sum())
+
+
+@st.composite
+def label_maps(draw: st.DrawFn) -> torch.Tensor:
+    """[H, W] label maps: per-pixel noise, blocks (long runs, whole columns) or a single label."""
+    height, width, classes = draw(sides), draw(sides), draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    block = draw(st.sampled_from([1, 3, 17, 1000]))  # 1000: one block, the whole map one label
+    grid = rng.integers(0, classes + 1, size=(-(-height // block), -(-width // block)))
+    labels = np.repeat(np.repeat(grid, block, axis=0), block, axis=1)[:height, :width]
+    return torch.from_numpy(labels.astype(draw(st.sampled_from([np.uint8, np.int32]))))
+
+
+@settings(max_examples=600, deadline=None)
+@given(label_maps())
+def test_label_map_rles_are_pycocotools_own_for_each_label(labels: torch.Tensor) -> None:
+    encoded = encode_label_map(labels)
+    present = {int(v) for v in labels.unique().tolist()} - {0}
+    assert set(encoded) == present  # background (0) is not a segment
+    for label, (rle, area) in encoded.items():
+        mask = np.asfortranarray((labels == label).numpy().astype(np.uint8))
+        assert rle["counts"] == mask_utils.encode(mask)["counts"].decode("ascii")  # byte for byte
+        assert rle["size"] == list(labels.shape)
         assert area == int(mask.sum())
 
 
