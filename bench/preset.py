@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--wall-seconds", type=float, help="with --store: its wall time, timed by the caller")
     parser.add_argument("--workdir", type=Path, help="where the store and data go (default: a temporary folder)")
     parser.add_argument("--fresh-seed", type=int, default=1, help="seed of the fresh evaluation set")
-    parser.add_argument("--preset", default="quick", help="the bootstrap's preset (quick or full)")
+    parser.add_argument("--preset", choices=("smoke", "quick", "full"), default="quick", help="the bootstrap's preset")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's training seed (data: seed 0)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

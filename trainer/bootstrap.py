@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # detector is then refined from those, and the FCN starts from the Mask R-CNN backbone.
 ORDER = ("detect", "instances", "segment")
 INIT_FROM: dict[str, str] = {"instances": "detect", "segment": "instances"}
-# The val split is the same 100 images for both (each image is drawn from its own seed, split and
-# index); `full` trains on more images because it sees each of them as often in 4x the steps.
+# The val split is the same 100 images in every preset (each image is drawn from its own seed, split and
+# index); `full` trains on 3.3x the images for its 3-4x the steps, so it sees each about as often.
 DATA = {"smoke": {"train": 600, "val": 100, "seed": 0}, "quick": {"train": 600, "val": 100, "seed": 0},
         "full": {"train": 2000, "val": 100, "seed": 0}}  # fmt: skip
 
