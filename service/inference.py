@@ -42,14 +42,17 @@ CLIENT_GONE = 499  # nginx's code for "client closed request"; nobody reads it, 
 
 
 def queue_full(task: str, retry_after_s: float) -> ApiError:
-    seconds = max(1, math.ceil(retry_after_s))  # Retry-After takes whole seconds
-    return ApiError(429, "queue_full", f"the {task} queue is full; retry in {seconds} s", {"Retry-After": str(seconds)})
+    return _retry_later("queue_full", f"the {task} queue is full", retry_after_s)
 
 
 def deadline_unreachable(task: str, retry_after_s: float) -> ApiError:
-    seconds = max(1, math.ceil(retry_after_s))
-    message = f"the {task} queue would not reach this image within the request timeout; retry in {seconds} s"
-    return ApiError(429, "queue_too_slow", message, {"Retry-After": str(seconds)})
+    reason = f"the {task} queue would not reach this image within the request timeout"
+    return _retry_later("queue_too_slow", reason, retry_after_s)
+
+
+def _retry_later(code: str, reason: str, retry_after_s: float) -> ApiError:
+    seconds = max(1, math.ceil(retry_after_s))  # Retry-After takes whole seconds
+    return ApiError(429, code, f"{reason}; retry in {seconds} s", {"Retry-After": str(seconds)})
 
 
 async def run(

@@ -28,11 +28,15 @@ def encode_regions(regions: Sequence[Region], size: tuple[int, int]) -> tuple[li
     counts = run_lengths(regions, size)
     if not counts:
         return [], []
+    return _compress(counts, size), [int(c[1::2].sum()) for c in counts]
+
+
+def _compress(counts: Sequence[np.ndarray], size: tuple[int, int]) -> list[Rle]:
+    """Uncompressed COCO counts to the compressed RLEs of masks on an image of `size` (height, width)."""
     height, width = size
     coded = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
     # JSON has no bytes: the counts string is ASCII by construction (COCO's LEB128-like alphabet).
-    rles = [Rle(size=[height, width], counts=rle["counts"].decode("ascii")) for rle in coded]
-    return rles, [int(c[1::2].sum()) for c in counts]
+    return [Rle(size=[height, width], counts=rle["counts"].decode("ascii")) for rle in coded]
 
 
 def encode_label_map(labels: torch.Tensor) -> dict[int, tuple[Rle, int]]:
@@ -61,11 +65,8 @@ def encode_label_map(labels: torch.Tensor) -> dict[int, tuple[Rle, int]]:
         counts[label] = np.diff(bounds, prepend=0, append=total)
     if not counts:
         return {}
-    coded = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts.values()], height, width)
-    return {
-        label: (Rle(size=[height, width], counts=rle["counts"].decode("ascii")), int(c[1::2].sum()))
-        for (label, c), rle in zip(counts.items(), coded, strict=True)
-    }
+    rles = _compress(list(counts.values()), (height, width))
+    return {label: (rle, int(c[1::2].sum())) for (label, c), rle in zip(counts.items(), rles, strict=True)}
 
 
 def encode_masks(masks: torch.Tensor, size: tuple[int, int] | None = None) -> list[Rle]:
