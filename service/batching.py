@@ -4,7 +4,9 @@ Callers `submit` one item and await its own result. One worker task per queue co
 batch, closed at `max_batch_size` items, at `max_batch_cost` (the items' summed `cost`: for images, the
 pixels the model computes on), once the oldest item has waited `max_wait_s`, or as soon as the queue is
 empty and no admitted caller is still preparing an item (nobody to wait for), and runs the batch
-function on a dedicated thread so the event loop never does the heavy work.
+function on a dedicated thread so the event loop never does the heavy work. Up to
+`max_concurrent_batches` batches run at once (on as many threads); the next batch is collected only
+once a slot is free, so under load the queue fills and batches grow rather than wait ready-made.
 
 Overload and faults are handled here too: a caller may `admit` itself before doing its own preparation
 (so a full queue, or one estimated too slow for the caller's deadline, refuses at once, before any
@@ -81,6 +83,12 @@ class _Pending(Generic[In, Out]):
     future: asyncio.Future[Completed[Out]] = field(repr=False)
 
 
+@dataclass(eq=False)
+class _Running(Generic[In, Out]):
+    items: list[_Pending[In, Out]]
+    started: float  # perf_counter() time
+
+
 class Batcher(Generic[In, Out]):
     """Batches `submit`ted items through `fn`, which must return one output per input, in order."""
 
@@ -98,23 +106,28 @@ class Batcher(Generic[In, Out]):
         cost: Callable[[In], float] | None = None,
         max_batch_cost: float = math.inf,
         executor: Executor | None = None,
+        max_concurrent_batches: int = 1,
     ) -> None:
-        """`executor`: the thread(s) batches run on, owned by the caller; by default one of its own."""
-        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0 or max_batch_cost <= 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0, max_batch_cost > 0")
+        """`executor`: the thread(s) batches run on, owned by the caller (it needs one thread per concurrent
+        batch); by default the batcher's own, with one thread per concurrent batch."""
+        if min(max_batch_size, max_queue, max_concurrent_batches) < 1 or max_wait_s < 0 or max_batch_cost <= 0:
+            raise ValueError(
+                "max_batch_size, max_queue and max_concurrent_batches must be >= 1, max_wait_s >= 0, max_batch_cost > 0"
+            )
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_batch_cost = max_batch_cost
         self._cost = cost or (lambda item: 1.0)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_concurrent_batches = max_concurrent_batches
         self._runner = BatchRunner(fn, name=name, split_on=split_on, on_split=on_split)
         self._observer: BatchObserver = observer or _NoObserver()
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
         self._held: _Pending[In, Out] | None = None  # taken off the queue but over budget: opens the next batch
         self._admitted = 0  # tickets handed out and not yet used or released
-        self._inflight: list[_Pending[In, Out]] = []
-        self._batch_started: float | None = None
+        self._collecting: list[_Pending[In, Out]] = []  # off the queue, in the batch being collected
+        self._running: dict[asyncio.Task[None], _Running[In, Out]] = {}
         self._batch_s: float | None = None  # moving average of recent batch durations
         self._item_s: float | None = None  # ... and of batch seconds per item
         self._worker: asyncio.Task[None] | None = None
@@ -132,26 +145,34 @@ class Batcher(Generic[In, Out]):
 
     @property
     def busy_s(self) -> float:
-        """How long the batch now on the worker thread has been running; 0 when idle."""
-        return 0.0 if self._batch_started is None else time.perf_counter() - self._batch_started
+        """How long the oldest batch now running has been running; 0 when idle."""
+        now = time.perf_counter()
+        return max((now - batch.started for batch in self._running.values()), default=0.0)
 
     def retry_after_s(self) -> float:
         """A guess at when a place will be free: the batches ahead of a newcomer times recent batch latency."""
-        ahead = (self.depth + self._admitted) / self.max_batch_size + 1
+        ahead = (self.depth + self._admitted) / self.max_batch_size / self.max_concurrent_batches + 1
         # A batch running longer than usual is the better guess (a slow or stuck model).
         return ahead * max(self._batch_s or 0.0, self.busy_s, self.max_wait_s)
 
     def wait_s(self) -> float:
-        """A guess at a newcomer's wait for its batch to start: the rest of the running batch, then the
-        items ahead of it at the recent seconds per item (0 until a batch has run)."""
-        running = max(0.0, (self._batch_s or 0.0) - self.busy_s) if self._batch_started is not None else 0.0
-        return running + (self.depth + self._admitted) * (self._item_s or 0.0)
+        """A guess at a newcomer's wait for its batch to start: when every slot is taken, the rest of the
+        batch that ends first; then the items ahead of it at the recent seconds per item, shared by the
+        slots (0 until a batch has run)."""
+        first_free = 0.0
+        if len(self._running) >= self.max_concurrent_batches:
+            now = time.perf_counter()
+            first_free = min(max(0.0, (self._batch_s or 0.0) - (now - b.started)) for b in self._running.values())
+        ahead = self.depth + self._admitted
+        return first_free + ahead * (self._item_s or 0.0) / self.max_concurrent_batches
 
     def start(self) -> None:
         if self._worker is not None:
             raise RuntimeError(f"batcher {self.name!r} already started")
-        # One thread per queue unless the caller shares one: a model never runs two batches at once.
-        self._executor = self._shared_executor or ThreadPoolExecutor(1, thread_name_prefix=f"batch-{self.name}")
+        # Threads of its own unless the caller shares some: never more batches at once than slots.
+        self._executor = self._shared_executor or ThreadPoolExecutor(
+            self.max_concurrent_batches, thread_name_prefix=f"batch-{self.name}"
+        )
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
         self._worker.add_done_callback(self._worker_exited)
 
@@ -162,6 +183,8 @@ class Batcher(Generic[In, Out]):
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+        for running in list(self._running):  # their threads finish on their own; results are dropped
+            running.cancel()
         self._fail_waiting(BatcherStoppedError(f"{self.name} is shutting down"))
         if self._executor is not None and self._executor is not self._shared_executor:
             # Do not wait here: a batch still on the thread finishes on its own, its result is dropped.
@@ -218,35 +241,49 @@ class Batcher(Generic[In, Out]):
 
     def _worker_exited(self, worker: asyncio.Task[None]) -> None:
         if worker.cancelled():
-            return  # stop() did it, and fails the waiting items itself
-        self._died = worker.exception() or RuntimeError("worker returned")
-        log.critical("%s: batching worker died: %r", self.name, self._died)
+            return  # stop() did it and fails the waiting items itself, or a batch died (_die)
+        self._die(worker.exception() or RuntimeError("worker returned"))
+
+    def _die(self, error: BaseException) -> None:
+        self._died = error
+        log.critical("%s: batching worker died: %r", self.name, error)
         self._fail_waiting(WorkerDiedError(f"the {self.name} worker has stopped"))
+        if self._worker is not None:
+            self._worker.cancel()
 
     def _fail_waiting(self, error: Exception) -> None:
-        leftovers = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        leftovers = self._collecting + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        leftovers += [pending for batch in self._running.values() for pending in batch.items]
         if self._held is not None:
             leftovers.append(self._held)
-        self._inflight, self._held = [], None
+        self._collecting, self._held = [], None
         for pending in leftovers:
             if not pending.future.done():
                 pending.future.set_exception(error)
         self._observer.queue_depth(0)
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self.max_concurrent_batches)
         while True:
+            await slots.acquire()  # before collecting: while every slot is busy, the queue fills
             batch = self._live(await self._collect())
+            self._collecting = []
             self._observer.queue_depth(self.depth)
             if not batch:
+                slots.release()
                 continue
-            try:
-                await self._process(batch)
-            except Exception as exc:  # a bug here must not kill the queue: fail this batch, keep serving
-                log.exception("%s: batch worker error", self.name)
-                self._inflight = []
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+            running = _Running(batch, time.perf_counter())
+            task = asyncio.create_task(self._process(running), name=f"batch-{self.name}")
+            self._running[task] = running
+
+            def finished(done: asyncio.Task[None]) -> None:
+                error = None if done.cancelled() else done.exception()
+                if error is not None:  # it escaped _process's `except Exception`
+                    self._die(error)
+                self._running.pop(done, None)
+                slots.release()
+
+            task.add_done_callback(finished)
 
     def _live(self, batch: list[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
         """Drop items nobody waits for: cancelled, or past a deadline whose timer has not fired yet."""
@@ -256,21 +293,23 @@ class Batcher(Generic[In, Out]):
                 pending.future.set_exception(DeadlineExceededError(f"deadline passed in the {self.name} queue"))
         return [p for p in batch if not p.future.done()]
 
-    async def _process(self, batch: list[_Pending[In, Out]]) -> None:
-        started = self._batch_started = time.perf_counter()
+    async def _process(self, running: _Running[In, Out]) -> None:
+        try:
+            await self._compute(running.items, running.started)
+        except Exception as exc:  # a bug here must not kill the queue: fail this batch, keep serving
+            log.exception("%s: batch worker error", self.name)
+            for pending in running.items:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+
+    async def _compute(self, batch: list[_Pending[In, Out]], started: float) -> None:
         for pending in batch:
             self._observer.queue_wait(started - pending.enqueued)
-        self._inflight = batch
         loop = asyncio.get_running_loop()
-        try:
-            outcomes = await loop.run_in_executor(self._executor, self._runner.run, [p.item for p in batch])
-        finally:
-            self._batch_started = None
+        outcomes = await loop.run_in_executor(self._executor, self._runner.run, [p.item for p in batch])
         seconds = time.perf_counter() - started
         self._batch_s = _average(self._batch_s, seconds)
         self._item_s = _average(self._item_s, seconds / len(batch))
-        # Left set if we are cancelled while the thread works, so that stop() can fail these items.
-        self._inflight = []
         self._observer.batch_done(len(batch), seconds)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
@@ -283,7 +322,7 @@ class Batcher(Generic[In, Out]):
     async def _collect(self) -> list[_Pending[In, Out]]:
         first, self._held = self._held or await self._queue.get(), None
         batch = [first]
-        self._inflight = batch  # items taken off the queue stay visible to stop() while we collect
+        self._collecting = batch  # items taken off the queue stay visible to stop() while we collect
         close_at = first.enqueued + self.max_wait_s
         cost = self._cost(first.item)  # an item over the budget on its own still runs, alone
         while len(batch) < self.max_batch_size:

@@ -4,8 +4,13 @@ Every torch computation on the CPU (loading, warm-up, batches and turning result
 on the inference thread(s), never on request threads: PyTorch's OpenMP gives each thread that computes
 its own team of worker threads, and once teams outnumber the cores, libgomp stops spinning between
 operations and the forward pass slows by about a third (measured, bench/results/compare_cpu.json). On a
-CPU every model shares one inference thread (models would only share the cores anyway); on a GPU each
+CPU every model shares the inference threads (models would only share the cores anyway); on a GPU each
 model has its own, so one model's host work overlaps another's device work.
+
+`INFERENCE_WORKERS` sets how many batches of a model may run at once, each on a thread of its own. On a
+CPU the workers split the cores: one worker computes with all of them (one OpenMP team: lowest latency
+when idle); N workers compute with cores/N threads each, in parallel, which keeps more of the cores
+busy under load (the small models' operations parallelise poorly over two threads; see README).
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ def _make_batcher(
         cost=_job_pixels(predictor),
         max_batch_cost=settings.max_batch_pixels,
         executor=executor,
+        max_concurrent_batches=settings.inference_workers,
     )
 
 
@@ -194,7 +200,7 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
-        executors = inference_threads(settings.tasks, device)
+        executors = inference_threads(settings.tasks, device, settings.inference_workers)
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
@@ -248,14 +254,23 @@ class Runtime:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def inference_threads(tasks: Sequence[str], device: torch.device) -> dict[str, ThreadPoolExecutor]:
+def inference_threads(tasks: Sequence[str], device: torch.device, workers: int = 1) -> dict[str, ThreadPoolExecutor]:
+    """The threads batches run on: on a CPU `workers` threads shared by every model, splitting the cores
+    between them; on a GPU `workers` threads per model."""
     if device.type == "cpu":
-        return dict.fromkeys(tasks, _inference_thread("inference"))
-    return {task: _inference_thread(f"infer-{task}") for task in tasks}
+        # torch's default is the physical cores; one worker keeps it (and torch's own settings) untouched.
+        torch_threads = max(1, torch.get_num_threads() // workers) if workers > 1 else None
+        return dict.fromkeys(tasks, _inference_threads("inference", workers, torch_threads))
+    return {task: _inference_threads(f"infer-{task}", workers) for task in tasks}
 
 
-def _inference_thread(name: str) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=name_os_thread, initargs=(name,))
+def _inference_threads(name: str, workers: int, torch_threads: int | None = None) -> ThreadPoolExecutor:
+    def start() -> None:
+        name_os_thread(name)
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)  # this thread's OpenMP team size
+
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=start)
 
 
 def name_os_thread(name: str) -> None:

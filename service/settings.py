@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     max_padding_waste: float = Field(
         default=0.2, ge=0, le=1, description="Forward passes group images by shape: padding at most this share."
     )
+    inference_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Batches of a model that may run at once, each on its own thread. On a CPU they split the cores: "
+            "1 is lowest latency when idle, the number of cores most throughput under load."
+        ),
+    )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32", description="On CUDA: autocast the forward pass to fp16 or bf16 (ignored on CPU)."
     )
