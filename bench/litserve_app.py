@@ -109,10 +109,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout-ms", type=float, default=10.0)
     parser.add_argument("--batch-log", type=Path, help="append each batch's size to this file")
+    parser.add_argument("--workers", type=int, default=1, help="inference processes (workers_per_device)")
     parser.add_argument("--timeout-s", type=float, default=10.0, help="as the service's REQUEST_TIMEOUT_S")
     args = parser.parse_args()
     api = DensepredAPI(args.model_dir, args.task, args.max_batch_size, args.batch_timeout_ms / 1000, args.batch_log)
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=args.timeout_s)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=args.workers, timeout=args.timeout_s)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
 
 

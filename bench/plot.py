@@ -27,6 +27,8 @@ STYLE = {
     "service": {"color": "tab:blue", "label": "service (batch 8)"},
     "batch1": {"color": "tab:orange", "label": "service, batching off"},
     "litserve": {"color": "tab:green", "label": "LitServe (batch 8)"},
+    "service_w2": {"color": "tab:purple", "label": "service, 2 inference workers"},
+    "litserve_w2": {"color": "tab:olive", "label": "LitServe, 2 workers"},
 }
 
 
@@ -40,7 +42,9 @@ def _throughput(ax: Axes, task: str, report: dict[str, Any]) -> None:
         ax.plot([p["concurrency"] for p in points], [p["throughput_rps"] for p in points], "o-", **STYLE[name])
     for run in report["raw"]["batches"]:
         line = "--" if run["batch_size"] > 1 else ":"
-        ax.axhline(run["images_per_s"], color="black", linestyle=line, label=f"raw forward, batch {run['batch_size']}")
+        best = " (best way)" if "parallel_workers" in run else ""
+        label = f"raw forward, batch {run['batch_size']}{best}"
+        ax.axhline(run["images_per_s"], color="black", linestyle=line, label=label)
     ax.set(title=f"{task}: throughput", xlabel="concurrent clients", ylabel="images / s", xscale="log", ylim=(0, None))
     _concurrency_ticks(ax, report)
     ax.legend(fontsize="small")

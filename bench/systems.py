@@ -73,17 +73,25 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float) -> Iterator[Server]:
+def litserve(
+    model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float, workers: int = 1, name: str = "litserve"
+) -> Iterator[Server]:
+    """LitServe with `workers` inference processes; with more than one, each computes with its share of the
+    cores (OMP_NUM_THREADS), as the service's INFERENCE_WORKERS threads do."""
     port = _free_port()
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(tempfile.NamedTemporaryFile("w+b", suffix=".log"))
         batch_log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "batches.txt"
         batch_log.touch()
         settings = {"max_batch_size": str(max_batch_size), "batch_timeout_ms": str(max_wait_ms), "timeout_s": "10"}
+        settings["workers_per_device"] = str(workers)
         command = [sys.executable, str(REPO / "bench" / "litserve_app.py"), "--model-dir", str(model_dir)]
         command += ["--task", task, "--port", str(port), "--batch-log", str(batch_log)]
         command += ["--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(max_wait_ms)]
+        command += ["--workers", str(workers)]
         env = os.environ | PROCESS_ENVIRONMENT | {"PYTHONPATH": python_path()}
+        if workers > 1:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         spawned = time.perf_counter()
         # A session of its own: LitServe forks an API server and an inference worker, and all of them
         # (and only them) must go when the run ends.
@@ -96,7 +104,7 @@ def litserve(model_dir: Path, task: str, max_batch_size: int, max_wait_ms: float
                 sizes = batch_log.read_text().split()
                 return float(sum(int(s) for s in sizes)), float(len(sizes))
 
-            yield Server("litserve", port, ready, batches, settings, lambda: cpuuse.session_cpu(process.pid))
+            yield Server(name, port, ready, batches, settings, lambda: cpuuse.session_cpu(process.pid))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

@@ -75,11 +75,19 @@ def test_ratios_and_plot(tmp_path: Path) -> None:
     service["points"].append({"mode": "open_timeout_slo", "rate_factor": 1.0, "offered_rps": 20.0,
                               "throughput_rps": 19, "goodput_rps": 19, "p50_ms": 60.0, "p99_ms": 90.0})  # fmt: skip
     task = {"raw": {"batches": batches}, "systems": {"service": service, "batch1": _system(18, 90),
-                                                    "litserve": _system(10, 200, 4)}}  # fmt: skip
+                                                    "litserve": _system(10, 200, 4),
+                                                    "service_w2": _system(25, 60, 4),
+                                                    "litserve_w2": _system(20, 100, 4)}}  # fmt: skip
     ratios = compare.ratios(task)
     assert ratios["goodput_rps_by_offered_load"] == {
-        "1x": {"service": 20, "service, timeout = SLO": 19, "batch1": 18, "litserve": 10}
-    }
+        "1x": {"service": 20, "service, timeout = SLO": 19, "batch1": 18, "litserve": 10, "service_w2": 25,
+               "litserve_w2": 20}
+    }  # fmt: skip
+    two = ratios["targets_two_workers"]  # each with two workers, against the same raw limit
+    assert two["saturation_vs_raw_batched"]["value"] == 2.0
+    assert two["peak_throughput_vs_litserve"]["value"] == 1.25
+    assert two["c8_vs_best_sequential"]["value"] == 2.0  # 50 at c = 8 against 25 (its own c = 1)
+    assert two["p99_lower_than_litserve_at_c8"]["met"] is True
     targets = ratios["targets"]
     assert targets["saturation_vs_raw_batched"] == {"value": 1.6, "target": ">= 0.9", "met": True}
     assert targets["p50_overhead_c1_vs_forward_b1"]["value"] == round(50 / 45 - 1, 3)
