@@ -212,8 +212,8 @@ def _gpu_ratios(
     report: dict[str, Any], service: dict[int, dict[str, Any]], batch1: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
     batches = {b["batch_size"]: b for b in report["raw"]["batches"]}
-    peak = {name: max((p["throughput_rps"] for p in points.values()), default=None)
-            for name, points in (("service", service), ("batch1", batch1))}  # fmt: skip
+    peak = {name: max((p["throughput_rps"] for p in _closed(report, name).values()), default=None)
+            for name in report["systems"]}  # fmt: skip
     p50_c1, forward_b1 = service.get(1, {}).get("p50_ms"), batches[1]["batch_p50_ms"]
     overhead = None if p50_c1 is None else round(p50_c1 / forward_b1 - 1, 3)
     top = max(service, default=None)
@@ -223,7 +223,7 @@ def _gpu_ratios(
         "peak_throughput_rps": peak,
         "targets": {
             "saturation_vs_raw_batched": _target(
-                _ratio(peak["service"], batches[max(batches)]["images_per_s"]), ">=", 0.85
+                _ratio(peak.get("service"), batches[max(batches)]["images_per_s"]), ">=", 0.85
             ),
             f"batching_vs_off_at_c{top}": _target(batching, ">=", 3.0),
             "p50_overhead_c1_vs_forward_b1": {"value": overhead, "target": "(CPU target only)", "met": None},

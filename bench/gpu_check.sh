@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu_
   "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' >>"$OUT/gpu_info.csv" 2>&1
 
 step "GPU tests" 240 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" \
-  tests/models/test_predictors_cuda.py tests/service/test_service_cuda.py tests/trainer/test_engine.py \
+  tests/models/test_predictors_cuda.py tests/service/test_service_cuda.py tests/service/test_inference_workers.py tests/trainer/test_engine.py \
   >"$OUT/gpu_tests.log" 2>&1
 tail -5 "$OUT/gpu_tests.log"
 
@@ -56,8 +56,9 @@ tail -5 "$OUT/compare_gpu.log"
 
 # The embedded default (small) segmentation model: ~1.5 ms per image here, so this shows the host path.
 if [ -d artifacts/models ]; then
-  step "serving benchmark, small models" 150 "$PYTHON" bench/compare.py --device cuda --tasks segment \
-    --systems service batch1 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 --warmup-s 2 \
+  # service_w2: two batches in flight, so that one batch's host work overlaps the other's GPU work.
+  step "serving benchmark, small models" 200 "$PYTHON" bench/compare.py --device cuda --tasks segment \
+    --systems service batch1 service_w2 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 --warmup-s 2 \
     --max-batch 32 --out "$OUT/compare_gpu_small" >"$OUT/compare_gpu_small.log" 2>&1
   tail -3 "$OUT/compare_gpu_small.log"
 fi

@@ -325,7 +325,8 @@ class Batcher(Generic[In, Out]):
         self._collecting = batch  # items taken off the queue stay visible to stop() while we collect
         close_at = first.enqueued + self.max_wait_s
         cost = self._cost(first.item)  # an item over the budget on its own still runs, alone
-        while len(batch) < self.max_batch_size:
+        size = self._share()
+        while len(batch) < size:
             pending = await self._next(close_at)
             if pending is None:
                 break
@@ -335,6 +336,16 @@ class Batcher(Generic[In, Out]):
                 break
             batch.append(pending)
         return batch
+
+    def _share(self) -> int:
+        """The size to aim for: full when this is the only free slot; otherwise the items on their way
+        (this one, those queued and those being prepared) shared out between the free slots, so that no
+        slot, and the cores it would compute on, idles while another runs everything."""
+        free = self.max_concurrent_batches - len(self._running)
+        if free <= 1:
+            return self.max_batch_size
+        coming = 1 + self.depth + self._admitted
+        return max(1, min(self.max_batch_size, math.ceil(coming / free)))
 
     async def _next(self, close_at: float) -> _Pending[In, Out] | None:
         """The next queued item, waiting for one until `close_at` at the latest, and only while another

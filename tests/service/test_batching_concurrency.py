@@ -94,6 +94,19 @@ async def test_while_every_slot_is_busy_the_queue_fills_into_full_batches() -> N
     assert occupancy.batches[2:] == [[2, 3, 4, 5], [6, 7, 8, 9]]  # collected only once a slot was free
 
 
+async def test_items_arriving_together_are_shared_out_between_free_slots() -> None:
+    occupancy = Occupancy(hold_s=0.1)
+    queue = batcher(occupancy, slots=2, max_batch_size=8)
+    queue.start()
+    try:
+        done = await asyncio.gather(*(queue.submit(x) for x in range(6)))
+    finally:
+        await queue.stop()
+    assert [c.value for c in done] == [x * x for x in range(6)]
+    assert occupancy.batches == [[0, 1, 2], [3, 4, 5]]  # not one batch of six on one slot
+    assert occupancy.most == 2
+
+
 async def test_stop_fails_the_items_of_every_running_batch() -> None:
     occupancy = Occupancy(hold_s=0.5)
     queue = batcher(occupancy, slots=2, max_batch_size=1)

@@ -66,12 +66,16 @@ def _bodies(responses: list[Any]) -> list[Any]:
     return bodies
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, _CUDA])])
 @pytest.mark.parametrize("task", TASKS)
-async def test_two_batches_at_once_answer_as_one_at_a_time(store: Path, task: str) -> None:
+async def test_two_batches_at_once_answer_as_one_at_a_time(store: Path, task: str, device: str) -> None:
     # Real predictors called from two threads at once must share no state between their batches. Batches
     # of one image, so that batch composition (padding) cannot change an answer either.
     images = [encode(blocks_image(seed, 40 + 8 * seed, 64)) for seed in range(10)]
-    settings = settings_for(store, tasks=task, max_batch_size=1, max_wait_ms=0, inference_workers=2)
+    settings = settings_for(store, tasks=task, max_batch_size=1, max_wait_ms=0, inference_workers=2, device=device)
     async with serve(settings) as client:
         one_at_a_time = [await client.post(f"/{task}", **as_raw(image)) for image in images]
         at_once = await asyncio.gather(*(client.post(f"/{task}", **as_raw(image)) for image in images))
