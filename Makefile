@@ -29,7 +29,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# The CPU benchmarks of the README's Performance section (about 15 minutes; keep the machine quiet).
+# The CPU benchmarks of the README's Performance section (about 25 minutes; keep the machine quiet).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/compare.py --tasks segment detect instances --model-dir $(MODEL_DIR) \

@@ -1,7 +1,7 @@
 """Side by side, in one run: the raw model, the service, the service without batching, and LitServe.
 
     .venv/bin/python bench/compare.py --tasks segment detect instances --model-dir artifacts/models \\
-        --out bench/results/compare_cpu    # about 20 minutes on 2 CPU cores
+        --out bench/results/compare_cpu    # about 22 minutes on 2 CPU cores
     .venv/bin/python bench/compare.py --quick --out /tmp/compare_smoke    # detect only, about 1.5 minutes
 
 Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifacts/shapes/images/val):
