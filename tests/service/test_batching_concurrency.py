@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -39,26 +41,27 @@ class Occupancy:
                 self.now -= 1
 
 
-def batcher(fn: Occupancy, slots: int, max_batch_size: int = 2, max_wait_s: float = 0.0) -> Batcher[int, int]:
+def batcher(fn: Occupancy, slots: int, max_batch_size: int = 2) -> Batcher[int, int]:
     return Batcher(
-        fn,
-        name="t",
-        max_batch_size=max_batch_size,
-        max_wait_s=max_wait_s,
-        max_queue=64,
-        max_concurrent_batches=slots,
+        fn, name="t", max_batch_size=max_batch_size, max_wait_s=0, max_queue=64, max_concurrent_batches=slots
     )
+
+
+@asynccontextmanager
+async def started(fn: Occupancy, slots: int, max_batch_size: int = 2) -> AsyncIterator[Batcher[int, int]]:
+    queue = batcher(fn, slots, max_batch_size)
+    queue.start()
+    try:
+        yield queue
+    finally:
+        await queue.stop()
 
 
 async def test_two_slots_run_two_batches_at_the_same_time() -> None:
     # Each batch waits at a barrier for a second batch: with one slot it would time out.
     occupancy = Occupancy(barrier=threading.Barrier(2, timeout=5))
-    queue = batcher(occupancy, slots=2, max_batch_size=1)
-    queue.start()
-    try:
+    async with started(occupancy, slots=2, max_batch_size=1) as queue:
         done = await asyncio.gather(queue.submit(3), queue.submit(4))
-    finally:
-        await queue.stop()
     assert [c.value for c in done] == [9, 16]
     assert occupancy.most == 2
 
@@ -66,12 +69,8 @@ async def test_two_slots_run_two_batches_at_the_same_time() -> None:
 @pytest.mark.parametrize("slots", [1, 2, 3])
 async def test_never_more_batches_at_once_than_slots_and_every_item_answered(slots: int) -> None:
     occupancy = Occupancy(hold_s=0.03)
-    queue = batcher(occupancy, slots=slots)
-    queue.start()
-    try:
+    async with started(occupancy, slots=slots) as queue:
         done = await asyncio.gather(*(queue.submit(x) for x in range(24)))
-    finally:
-        await queue.stop()
     assert [c.value for c in done] == [x * x for x in range(24)]
     assert occupancy.most == slots
     assert sorted(x for batch in occupancy.batches for x in batch) == list(range(24))
@@ -79,29 +78,21 @@ async def test_never_more_batches_at_once_than_slots_and_every_item_answered(slo
 
 async def test_while_every_slot_is_busy_the_queue_fills_into_full_batches() -> None:
     occupancy = Occupancy(hold_s=0.3)
-    queue = batcher(occupancy, slots=2, max_batch_size=4)
-    queue.start()
-    try:
+    async with started(occupancy, slots=2, max_batch_size=4) as queue:
         first = []
         for x in (0, 1):  # each runs alone, one per slot
             first.append(asyncio.ensure_future(queue.submit(x)))
             await asyncio.sleep(0.05)
         rest = [asyncio.ensure_future(queue.submit(x)) for x in range(2, 10)]
         await asyncio.gather(*first, *rest)
-    finally:
-        await queue.stop()
     assert occupancy.batches[:2] == [[0], [1]]
     assert occupancy.batches[2:] == [[2, 3, 4, 5], [6, 7, 8, 9]]  # collected only once a slot was free
 
 
 async def test_items_arriving_together_are_shared_out_between_free_slots() -> None:
     occupancy = Occupancy(hold_s=0.1)
-    queue = batcher(occupancy, slots=2, max_batch_size=8)
-    queue.start()
-    try:
+    async with started(occupancy, slots=2, max_batch_size=8) as queue:
         done = await asyncio.gather(*(queue.submit(x) for x in range(6)))
-    finally:
-        await queue.stop()
     assert [c.value for c in done] == [x * x for x in range(6)]
     assert occupancy.batches == [[0, 1, 2], [3, 4, 5]]  # not one batch of six on one slot
     assert occupancy.most == 2
