@@ -24,6 +24,7 @@ def test_defaults() -> None:
     assert settings.model_dir == Path("artifacts/models")
     assert (settings.host, settings.port, settings.device) == ("127.0.0.1", 8000, "auto")
     assert settings.tasks == ("segment", "detect", "instances")
+    assert settings.inference_workers == 1  # one OpenMP team over all cores: lowest latency when idle
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -39,6 +40,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         "DENSEPRED_MAX_IMAGE_BYTES": "1000",
         "DENSEPRED_MAX_IMAGE_PIXELS": "2000",
         "DENSEPRED_TASKS": "instances, detect,instances",
+        "DENSEPRED_INFERENCE_WORKERS": "2",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -49,6 +51,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert (settings.max_queue, settings.request_timeout_s) == (7, 3.0)
     assert (settings.max_image_bytes, settings.max_image_pixels) == (1000, 2000)
     assert settings.tasks == ("detect", "instances")
+    assert settings.inference_workers == 2
 
 
 @pytest.mark.parametrize(
@@ -60,6 +63,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         ("DENSEPRED_MAX_BATCH_SIZE", "0"),
         ("DENSEPRED_PORT", "70000"),
         ("DENSEPRED_REQUEST_TIMEOUT_S", "0"),
+        ("DENSEPRED_INFERENCE_WORKERS", "0"),
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:
