@@ -157,15 +157,29 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
+def _peak(report: dict[str, Any], name: str) -> float | None:
+    return max((p["throughput_rps"] for p in _closed(report, name).values()), default=None)
+
+
+def _raw_batches(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {b["batch_size"]: b for b in report["raw"]["batches"]}
+
+
+def _c1_overhead(report: dict[str, Any], name: str) -> float | None:
+    """p50 at concurrency 1 over the raw batch-1 forward's, minus 1."""
+    p50_c1 = _closed(report, name).get(1, {}).get("p50_ms")
+    return None if p50_c1 is None else round(p50_c1 / _raw_batches(report)[1]["batch_p50_ms"] - 1, 3)
+
+
 def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """The issue's targets (CPU, or GPU for a cuda run), from one task's figures; None where a run
     needed for one was not made. On a CPU, `targets` is the service as it ships against LitServe as it
     ships, and `targets_two_workers` (when run) both with two inference workers; the raw limit is the same."""
-    service, batch1 = _closed(report, "service"), _closed(report, "batch1")
     if device.startswith("cuda"):
-        return _gpu_ratios(report, service, batch1)
+        return _gpu_ratios(report)
+    service, batch1 = _closed(report, "service"), _closed(report, "batch1")
     systems = report["systems"]
-    peak = {name: max((p["throughput_rps"] for p in _closed(report, name).values()), default=None) for name in systems}
+    peak = {name: _peak(report, name) for name in systems}
     c1, c8 = service.get(1, {}), service.get(MAX_BATCH, {})
     out = {
         "peak_throughput_rps": peak,
@@ -183,13 +197,11 @@ def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
 
 
 def _cpu_targets(report: dict[str, Any], name: str, lit_name: str) -> dict[str, Any]:
-    batches = {b["batch_size"]: b for b in report["raw"]["batches"]}
+    batches = _raw_batches(report)
     service, batch1, lit = (_closed(report, n) for n in (name, "batch1", lit_name))
-    peak, lit_peak = (max((p["throughput_rps"] for p in s.values()), default=None) for s in (service, lit))
+    peak, lit_peak = _peak(report, name), _peak(report, lit_name)
     c1, c8, lit_c8 = service.get(1, {}), service.get(MAX_BATCH, {}), lit.get(MAX_BATCH, {})
     sequential = max(c1.get("throughput_rps", 0), batch1.get(1, {}).get("throughput_rps", 0))
-    p50_c1, forward_b1 = c1.get("p50_ms"), batches[1]["batch_p50_ms"]
-    overhead = None if p50_c1 is None else round(p50_c1 / forward_b1 - 1, 3)
     versus = {c: {"throughput_ratio": _ratio(p["throughput_rps"], lit[c]["throughput_rps"]),
                   "p99_ms": {"service": p["p99_ms"], "litserve": lit[c]["p99_ms"]}}
               for c, p in service.items() if c in lit}  # fmt: skip
@@ -199,7 +211,7 @@ def _cpu_targets(report: dict[str, Any], name: str, lit_name: str) -> dict[str, 
         "vs_litserve_by_concurrency": versus,
         "targets": {
             "saturation_vs_raw_batched": _target(_ratio(peak, batches[max(batches)]["images_per_s"]), ">=", 0.9),
-            "p50_overhead_c1_vs_forward_b1": _target(overhead, "<=", 0.10),
+            "p50_overhead_c1_vs_forward_b1": _target(_c1_overhead(report, name), "<=", 0.10),
             "c8_vs_best_sequential": _target(_ratio(c8.get("throughput_rps"), sequential), ">=", 0.9),
             "peak_throughput_vs_litserve": _target(_ratio(peak, lit_peak), ">=", 1.3),
             "p99_lower_than_litserve_at_c8": {"value": p99_lower, "target": "true", "met": p99_lower},
@@ -208,14 +220,11 @@ def _cpu_targets(report: dict[str, Any], name: str, lit_name: str) -> dict[str, 
     }
 
 
-def _gpu_ratios(
-    report: dict[str, Any], service: dict[int, dict[str, Any]], batch1: dict[int, dict[str, Any]]
-) -> dict[str, Any]:
-    batches = {b["batch_size"]: b for b in report["raw"]["batches"]}
-    peak = {name: max((p["throughput_rps"] for p in _closed(report, name).values()), default=None)
-            for name in report["systems"]}  # fmt: skip
-    p50_c1, forward_b1 = service.get(1, {}).get("p50_ms"), batches[1]["batch_p50_ms"]
-    overhead = None if p50_c1 is None else round(p50_c1 / forward_b1 - 1, 3)
+def _gpu_ratios(report: dict[str, Any]) -> dict[str, Any]:
+    batches = _raw_batches(report)
+    service, batch1 = _closed(report, "service"), _closed(report, "batch1")
+    peak = {name: _peak(report, name) for name in report["systems"]}
+    overhead = _c1_overhead(report, "service")
     top = max(service, default=None)
     off = batch1.get(top, {}).get("throughput_rps") if top is not None else None
     batching = _ratio(service[top]["throughput_rps"], off) if top is not None else None
