@@ -3,7 +3,7 @@
 # the CUDA tests, then the GPU benchmarks. Installs nothing from the network: the service's other
 # dependencies come from wheels in .whl/ when that folder exists (see README, "Performance").
 #
-#     OUT=bench/results bash bench/gpu_check.sh      # about 6 minutes on one H100/H200
+#     OUT=bench/results bash bench/gpu_check.sh      # about 7 minutes on one H100/H200
 #
 # Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, postprocess_gpu.json,
 # compare_gpu.{json,png,log}, and compare_gpu_small.{json,png,log} when the trained store
@@ -47,19 +47,21 @@ tail -5 "$OUT/gpu_tests.log"
 step "post-processing benchmark" 90 "$PYTHON" bench/postprocess.py --device cuda --repeats 30 \
   --out "$OUT/postprocess_gpu.json"
 
-step "serving benchmark" 300 "$PYTHON" bench/compare.py --device cuda --tasks instances segment \
-  --arch instances=maskrcnn_resnet50_fpn segment=fcn_resnet50 --systems service batch1 \
-  --concurrency 1 8 32 --rates 1.0 --seconds 5 --raw-seconds 3 --warmup-s 2 --max-batch 32 \
+# service_w2: two batches of a model in flight, so that one batch's host work (answers, transfers)
+# overlaps the other's GPU work. service_r2: two service processes sharing the GPU (replicas), so that
+# their host work (HTTP, decoding, answers) runs in parallel rather than under one interpreter lock.
+step "serving benchmark" 330 "$PYTHON" bench/compare.py --device cuda --tasks instances segment \
+  --arch instances=maskrcnn_resnet50_fpn segment=fcn_resnet50 --systems service batch1 service_w2 service_r2 \
+  --concurrency 1 32 --rates 1.0 --seconds 4 --raw-seconds 3 --warmup-s 2 --max-batch 32 \
   --setting max_batch_pixels=40000000 \
   --out "$OUT/compare_gpu" >"$OUT/compare_gpu.log" 2>&1
 tail -5 "$OUT/compare_gpu.log"
 
 # The embedded default (small) segmentation model: ~1.5 ms per image here, so this shows the host path.
 if [ -d artifacts/models ]; then
-  # service_w2: two batches in flight, so that one batch's host work overlaps the other's GPU work.
-  step "serving benchmark, small models" 200 "$PYTHON" bench/compare.py --device cuda --tasks segment \
-    --systems service batch1 service_w2 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 --warmup-s 2 \
-    --max-batch 32 --out "$OUT/compare_gpu_small" >"$OUT/compare_gpu_small.log" 2>&1
+  step "serving benchmark, small models" 150 "$PYTHON" bench/compare.py --device cuda --tasks segment \
+    --systems service service_w2 service_r2 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 \
+    --warmup-s 2 --max-batch 32 --out "$OUT/compare_gpu_small" >"$OUT/compare_gpu_small.log" 2>&1
   tail -3 "$OUT/compare_gpu_small.log"
 fi
 exit $status

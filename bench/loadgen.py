@@ -14,6 +14,7 @@ import itertools
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,17 +113,29 @@ async def _one(connection: Connection, request: bytes, timeout_s: float) -> int 
     return status
 
 
+def _ports(port: int | Sequence[int]) -> tuple[int, ...]:
+    return (port,) if isinstance(port, int) else tuple(port)
+
+
 async def closed_loop(
-    host: str, port: int, requests: list[bytes], concurrency: int, seconds: float, timeout_s: float = 30.0
+    host: str,
+    port: int | Sequence[int],
+    requests: list[bytes],
+    concurrency: int,
+    seconds: float,
+    timeout_s: float = 30.0,
 ) -> tuple[Tally, float]:
     """C callers, each sending its next request as soon as its last was answered, until `seconds` passed
-    (and at least 2C requests, so that every caller is counted); the images are taken in turn by all."""
+    (and at least 2C requests, so that every caller is counted); the images are taken in turn by all.
+    Given several ports (replicas of a server), caller k keeps one connection to port k mod their number,
+    as a load balancer that keeps connections to its upstreams alive spreads steady clients."""
     tally = Tally()
     numbers = itertools.count()
     stop = time.perf_counter() + seconds
+    ports = _ports(port)
 
-    async def caller() -> None:
-        connection = Connection(host, port)
+    async def caller(k: int) -> None:
+        connection = Connection(host, ports[k % len(ports)])
         for i in numbers:
             if time.perf_counter() > stop and i >= 2 * concurrency:
                 break
@@ -132,28 +145,37 @@ async def closed_loop(
         connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
     return tally, time.perf_counter() - started
 
 
 async def open_loop(
-    host: str, port: int, requests: list[bytes], rate: float, count: int, seed: int = 0, timeout_s: float = 30.0
+    host: str,
+    port: int | Sequence[int],
+    requests: list[bytes],
+    rate: float,
+    count: int,
+    seed: int = 0,
+    timeout_s: float = 30.0,
 ) -> tuple[Tally, float]:
     """`count` requests at Poisson arrivals of `rate` per second, whatever the answers (as real clients do).
 
     Latency runs from each request's scheduled start, so a late send (client busy, no idle connection)
     counts against the server rather than hiding queueing (coordinated omission). Each request in flight
-    needs its own connection (no pipelining); idle ones are reused.
+    needs its own connection (no pipelining); idle ones are reused. Given several ports, request i goes
+    to port i mod their number (round robin, as a load balancer's default).
     """
     tally = Tally()
-    idle: list[Connection] = []
+    ports = _ports(port)
+    idle: dict[int, list[Connection]] = {p: [] for p in ports}
     rng = random.Random(seed)
 
     async def send(i: int, scheduled: float) -> None:
-        connection = idle.pop() if idle else Connection(host, port)
+        target = ports[i % len(ports)]
+        connection = idle[target].pop() if idle[target] else Connection(host, target)
         outcome = await _one(connection, requests[i % len(requests)], timeout_s)
         tally.record(outcome, time.perf_counter() - scheduled)
-        idle.append(connection)
+        idle[target].append(connection)
 
     tasks = []
     started = time.perf_counter()
@@ -166,7 +188,7 @@ async def open_loop(
         tasks.append(asyncio.create_task(send(i, scheduled)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    for connection in idle:
+    for connection in itertools.chain.from_iterable(idle.values()):
         connection.close()
     return tally, elapsed
 

@@ -29,6 +29,7 @@ STYLE = {
     "litserve": {"color": "tab:green", "label": "LitServe (batch 8)"},
     "service_w2": {"color": "tab:purple", "label": "service, 2 inference workers"},
     "litserve_w2": {"color": "tab:olive", "label": "LitServe, 2 workers"},
+    "service_r2": {"color": "tab:brown", "label": "service, 2 replicas"},
 }
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import cpuuse
 import loadgen
-from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service, wait_until_up
+from harness import PROCESS_ENVIRONMENT, REPO, launch, metric, python_path, service, wait_until_up
 
 HOST = "127.0.0.1"
 
@@ -36,9 +36,14 @@ class Server:
     batches: Callable[[], Awaitable[tuple[float, float]]]  # (images, batches) so far, for mean batch sizes
     settings: dict[str, str]
     cpu: Callable[[], dict[str, float]]  # CPU seconds so far (cpuuse.py): per role, or the process tree's total
+    replica_ports: tuple[int, ...] = ()  # further replicas of the same server, which the clients spread over
 
     def host(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, *self.replica_ports)
 
 
 def _service_batches(port: int, task: str) -> Callable[[], Awaitable[tuple[float, float]]]:
@@ -64,6 +69,40 @@ def densepred(
         assert port is not None
         pid = served.process.pid
         yield Server(name, port, ready, _service_batches(port, task), served.settings, lambda: cpuuse.service_cpu(pid))
+
+
+@contextlib.contextmanager
+def densepred_replicas(
+    name: str, model_dir: Path, task: str, replicas: int, max_batch_size: int, max_wait_ms: float, **settings: str
+) -> Iterator[Server]:
+    """`replicas` service processes, as `docker compose --scale api=N` runs them on one machine (minus
+    nginx: the load generator spreads its connections itself). Each computes with its share of the cores
+    (OMP_NUM_THREADS), as an operator sets it for replicas that share a host. They start one after another."""
+    threads = str(max(1, (os.cpu_count() or 1) // replicas))
+    batching = {"max_batch_size": str(max_batch_size), "max_wait_ms": str(max_wait_ms)}
+    spawned = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        served = [
+            stack.enter_context(launch(model_dir, batching | settings, {"OMP_NUM_THREADS": threads}))
+            for _ in range(replicas)
+        ]
+        ready = time.perf_counter() - spawned
+        ports = [urlsplit(s.url).port for s in served]
+        assert None not in ports
+        readers = [_service_batches(port, task) for port in ports if port is not None]
+        pids = [s.process.pid for s in served]
+
+        async def batches() -> tuple[float, float]:
+            counts = [await read() for read in readers]
+            return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+        def cpu() -> dict[str, float]:
+            usage = [cpuuse.service_cpu(pid) for pid in pids]
+            return {role: sum(u[role] for u in usage) for role in usage[0]}
+
+        settings_used = served[0].settings | {"replicas": str(replicas), "OMP_NUM_THREADS": threads}
+        first, *rest = (p for p in ports if p is not None)
+        yield Server(name, first, ready, batches, settings_used, cpu, tuple(rest))
 
 
 def _free_port() -> int:

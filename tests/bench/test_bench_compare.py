@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -60,6 +61,47 @@ def test_load_generator_counts_answers_and_errors() -> None:
     assert single == (200, b'{"detections": []}')
 
 
+async def _spread() -> tuple[dict, dict, list[int], list[int]]:
+    """Two stub servers as two replicas; each counts the connections it got and the requests it answered."""
+    connections, answered = [0, 0], [0, 0]
+
+    def counting(k: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections[k] += 1
+            write = writer.write
+
+            def counted(data: bytes) -> None:
+                answered[k] += 1
+                write(data)
+
+            writer.write = counted  # type: ignore[method-assign]
+            await _stub(reader, writer)
+
+        return serve
+
+    servers = [await asyncio.start_server(counting(k), "127.0.0.1", 0) for k in range(2)]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    good = [loadgen.multipart_request("replicas", "/detect", b"\x89PNG fake", "image/png")]
+    async with servers[0], servers[1]:
+        closed = await loadgen.measure(loadgen.closed_loop("127.0.0.1", ports, good, 4, 0.2), slo_s=0.5)
+        await asyncio.sleep(0.05)  # the servers see the callers' connections close
+        closed_connections, closed_answers = list(connections), list(answered)
+        opened = await loadgen.measure(loadgen.open_loop("127.0.0.1", ports, good, 200.0, 40), slo_s=0.5)
+    open_answers = [answered[k] - closed_answers[k] for k in range(2)]
+    return closed, opened, closed_connections, closed_answers + open_answers
+
+
+def test_load_generator_spreads_over_replicas() -> None:
+    closed, opened, connections, answers = asyncio.run(_spread())
+    closed_a, closed_b, open_a, open_b = answers
+    assert connections == [2, 2]  # four callers, each keeping one connection, two to each replica
+    assert closed["ok"] == closed["requests"] == closed_a + closed_b
+    assert closed_a > 0
+    assert closed_b > 0
+    assert opened["ok"] == 40
+    assert (open_a, open_b) == (20, 20)  # round robin, request by request
+
+
 def _system(rps: float, p99: float, batch: float = 1.0) -> dict:
     closed = [{"mode": "closed", "concurrency": c, "throughput_rps": rps * min(c, 2), "p50_ms": 50.0 * c,
                "p99_ms": p99 * c, "goodput_rps": rps, "mean_batch_size": batch} for c in (1, 8)]  # fmt: skip
@@ -77,12 +119,17 @@ def test_ratios_and_plot(tmp_path: Path) -> None:
     task = {"raw": {"batches": batches}, "systems": {"service": service, "batch1": _system(18, 90),
                                                     "litserve": _system(10, 200, 4),
                                                     "service_w2": _system(25, 60, 4),
-                                                    "litserve_w2": _system(20, 100, 4)}}  # fmt: skip
+                                                    "litserve_w2": _system(20, 100, 4),
+                                                    "service_r2": _system(30, 120, 4)}}  # fmt: skip
     ratios = compare.ratios(task)
     assert ratios["goodput_rps_by_offered_load"] == {
         "1x": {"service": 20, "service, timeout = SLO": 19, "batch1": 18, "litserve": 10, "service_w2": 25,
-               "litserve_w2": 20}
+               "litserve_w2": 20, "service_r2": 30}
     }  # fmt: skip
+    replicas = ratios["targets_replicas"]  # two service processes, also against LitServe's two workers
+    assert replicas["saturation_vs_raw_batched"]["value"] == 2.4
+    assert replicas["peak_throughput_vs_litserve"]["value"] == 1.5
+    assert replicas["p99_lower_than_litserve_at_c8"]["met"] is False  # 960 vs 800 ms
     two = ratios["targets_two_workers"]  # each with two workers, against the same raw limit
     assert two["saturation_vs_raw_batched"]["value"] == 2.0
     assert two["peak_throughput_vs_litserve"]["value"] == 1.25
@@ -104,7 +151,11 @@ def test_ratios_and_plot(tmp_path: Path) -> None:
 def test_gpu_ratios_compare_batching_with_batching_off_at_the_highest_concurrency() -> None:
     batches = [{"batch_size": 1, "images_per_s": 20.0, "batch_p50_ms": 45.0},
                {"batch_size": 32, "images_per_s": 100.0, "batch_p50_ms": 300.0}]  # fmt: skip
-    task = {"raw": {"batches": batches}, "systems": {"service": _system(30, 80, 4), "batch1": _system(10, 90)}}
-    targets = compare.ratios(task, "cuda")["targets"]
+    systems = {"service": _system(30, 80, 4), "batch1": _system(10, 90), "service_r2": _system(45, 80, 4)}
+    ratios = compare.ratios({"raw": {"batches": batches}, "systems": systems}, "cuda")
+    targets = ratios["targets"]
     assert targets["saturation_vs_raw_batched"] == {"value": 0.6, "target": ">= 0.85", "met": False}
     assert targets["batching_vs_off_at_c8"] == {"value": 3.0, "target": ">= 3", "met": True}
+    assert ratios["raw_batched_vs_batch1"] == 5.0
+    assert ratios["targets_replicas"]["saturation_vs_raw_batched"] == {"value": 0.9, "target": ">= 0.85", "met": True}
+    assert "targets_two_workers" not in ratios  # not run
