@@ -55,14 +55,17 @@ def test_a_real_out_of_memory_batch_is_halved_until_it_fits(store: Path) -> None
         release_device_memory()
 
     runner = BatchRunner(predictor.predict, name="segment", split_on=(torch.cuda.OutOfMemoryError,), on_split=on_split)
-    # Room for about two images at a time: a batch of eight must be halved twice.
+    # Room for about two lone images' peaks: a batch of eight cannot fit. How far it is halved depends on
+    # the GPU's kernels (an image in a batch needs less than a lone image's peak, which includes fixed
+    # workspace): twice on an H200, once on an H100. The exact halving sequence is tested on the CPU
+    # (test_batching.py); this test shows a real CUDA out-of-memory error is caught and split.
     torch.cuda.set_per_process_memory_fraction((base + 2.5 * per_image) / total)
     try:
         outcomes = runner.run([image] * 8)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         release_device_memory()
-    assert len(splits) >= 2
+    assert splits  # the batch of eight ran out of memory and was halved at least once
     assert all(not isinstance(outcome, Exception) for outcome in outcomes)
     for outcome in outcomes:
         assert isinstance(outcome, SemanticMap)
