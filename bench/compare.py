@@ -13,7 +13,8 @@ Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifact
   (e) service_w2 the service with INFERENCE_WORKERS=2: two batches at once, each on half the cores;
   (f) litserve_w2  LitServe with two inference processes (workers_per_device=2), each on half the cores;
   (g) service_r2 two replicas of the service (two processes, as `docker compose --scale api=2` on one
-                 machine), each on half the cores; the clients spread their connections over both.
+                 machine), each on half the cores; the clients spread their connections over both;
+  (h) service_r2_nginx  the same behind nginx (docker/nginx.conf, a worker process per core), as deployed.
 The raw forward runs batches of 8 that third way too (--workers threads side by side); its best way is
 the limit every system is measured against.
 (b)-(d) get multipart uploads, as `curl -F` sends them, from bench/loadgen.py: closed loop at each
@@ -56,7 +57,7 @@ TASKS = ("segment", "detect", "instances")
 MAX_BATCH = 8
 MAX_WAIT_MS = 10.0
 WORKERS = 2  # for the *_w2 and *_r2 systems and the raw forward's parallel way: one per core on the CI machine
-SYSTEMS = ("service", "batch1", "litserve", "service_w2", "litserve_w2", "service_r2")
+SYSTEMS = ("service", "batch1", "litserve", "service_w2", "litserve_w2", "service_r2", "service_r2_nginx")
 Pictures = list[tuple[bytes, str]]
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
@@ -138,6 +139,9 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
         "service_r2": lambda: systems.densepred_replicas(
             "service_r2", args.model_dir, task, WORKERS, args.max_batch, MAX_WAIT_MS, **extra
         ),
+        "service_r2_nginx": lambda: systems.densepred_replicas(
+            "service_r2_nginx", args.model_dir, task, WORKERS, args.max_batch, MAX_WAIT_MS, True, **extra
+        ),
     }
     results: dict[str, Any] = {}
     for name in args.systems:
@@ -203,7 +207,7 @@ def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
 
 
 # The service scaled to two computations at once: the ratios of each go under targets_<suffix>.
-_SCALED = {"service_w2": "two_workers", "service_r2": "replicas"}
+_SCALED = {"service_w2": "two_workers", "service_r2": "replicas", "service_r2_nginx": "replicas_nginx"}
 
 
 def _cpu_targets(report: dict[str, Any], name: str, lit_name: str) -> dict[str, Any]:

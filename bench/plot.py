@@ -30,6 +30,7 @@ STYLE = {
     "service_w2": {"color": "tab:purple", "label": "service, 2 inference workers"},
     "litserve_w2": {"color": "tab:olive", "label": "LitServe, 2 workers"},
     "service_r2": {"color": "tab:brown", "label": "service, 2 replicas"},
+    "service_r2_nginx": {"color": "tab:pink", "label": "service, 2 replicas behind nginx"},
 }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import cpuuse
+import front
 import loadgen
 from harness import PROCESS_ENVIRONMENT, REPO, launch, metric, python_path, service, wait_until_up
 
@@ -73,11 +74,19 @@ def densepred(
 
 @contextlib.contextmanager
 def densepred_replicas(
-    name: str, model_dir: Path, task: str, replicas: int, max_batch_size: int, max_wait_ms: float, **settings: str
+    name: str,
+    model_dir: Path,
+    task: str,
+    replicas: int,
+    max_batch_size: int,
+    max_wait_ms: float,
+    through_nginx: bool = False,
+    **settings: str,
 ) -> Iterator[Server]:
-    """`replicas` service processes, as `docker compose --scale api=N` runs them on one machine (minus
-    nginx: the load generator spreads its connections itself). Each computes with its share of the cores
-    (OMP_NUM_THREADS), as an operator sets it for replicas that share a host. They start one after another."""
+    """`replicas` service processes, as `docker compose --scale api=N` runs them on one machine. Each
+    computes with its share of the cores (OMP_NUM_THREADS), as an operator sets it for replicas that share
+    a host. They start one after another. The clients reach them through nginx (docker/nginx.conf, its
+    CPU counted as the role `nginx`), or spread their connections over them directly."""
     threads = str(max(1, (os.cpu_count() or 1) // replicas))
     batching = {"max_batch_size": str(max_batch_size), "max_wait_ms": str(max_wait_ms)}
     spawned = time.perf_counter()
@@ -101,8 +110,19 @@ def densepred_replicas(
             return {role: sum(u[role] for u in usage) for role in usage[0]}
 
         settings_used = served[0].settings | {"replicas": str(replicas), "OMP_NUM_THREADS": threads}
-        first, *rest = (p for p in ports if p is not None)
-        yield Server(name, first, ready, batches, settings_used, cpu, tuple(rest))
+        if not through_nginx:
+            first, *rest = (p for p in ports if p is not None)
+            yield Server(name, first, ready, batches, settings_used, cpu, tuple(rest))
+            return
+        port = _free_port()
+        balancer = stack.enter_context(front.nginx([f"{HOST}:{p}" for p in ports], port))
+
+        def cpu_with_nginx() -> dict[str, float]:
+            usage = cpu() | {"nginx": cpuuse.session_cpu(balancer.pid)["total"]}
+            return usage | {"total": usage["total"] + usage["nginx"]}
+
+        settings_used |= {"front": "nginx, docker/nginx.conf, worker_processes auto"}
+        yield Server(name, port, time.perf_counter() - spawned, batches, settings_used, cpu_with_nginx)
 
 
 def _free_port() -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +21,13 @@ import pytest
 from PIL import Image
 from processes import REPO, Service, answers, free_port, require_binary, running, service, wait_for
 
-UPSTREAM = re.compile(r"^(\s*)server api:8000( [^;]*)?;$", re.MULTILINE)
-LISTEN = re.compile(r"^(\s*)listen 8080;$", re.MULTILINE)
-TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+sys.path.insert(0, str(REPO / "bench"))
+
+import front  # noqa: E402
+
 BROKEN = -1
 # nginx's words for a replica that died after its answer had started: too late to send the request elsewhere.
 TOO_LATE_TO_RETRY = "upstream prematurely closed connection while reading upstream"
-
-
-def site_config(upstreams: list[str], port: int) -> str:
-    text = (REPO / "docker/nginx.conf").read_text()
-    text, found = UPSTREAM.subn(lambda m: "".join(f"{m[1]}server {u}{m[2] or ''};\n" for u in upstreams), text)
-    assert found == 1, "docker/nginx.conf must have exactly one `server api:8000 ...;` line"
-    text, found = LISTEN.subn(rf"\g<1>listen 127.0.0.1:{port};", text)
-    assert found == 1, "docker/nginx.conf must have exactly one `listen 8080;` line"
-    return text
-
-
-def main_config(folder: Path, site: Path) -> str:
-    """What the nginx image provides around conf.d/, with every path inside the test's folder."""
-    temp = " ".join(f"{kind}_temp_path {folder / kind};" for kind in TEMP_KINDS)
-    return (
-        f"daemon off; worker_processes 1; pid {folder / 'nginx.pid'}; error_log {folder / 'error.log'} warn;\n"
-        f"events {{ worker_connections 256; }}\n"
-        f"http {{ access_log {folder / 'access.log'}; {temp} include {site}; }}\n"
-    )
 
 
 @dataclass
@@ -71,20 +53,15 @@ def _count(replica: Service) -> float:
 
 @pytest.fixture(scope="module")
 def cluster(random_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    binary = require_binary("nginx")
+    require_binary("nginx")
     folder = tmp_path_factory.mktemp("nginx")
-    os.chmod(folder, 0o755)  # nginx's workers drop root in CI: they must reach the temp folders
-    for kind in TEMP_KINDS:
-        (folder / kind).mkdir(mode=0o777)
     with contextlib.ExitStack() as stack:
         replicas = [
             stack.enter_context(service(random_store, folder / f"replica{i}.log", tasks="detect")) for i in range(2)
         ]
         port = free_port()
-        site = folder / "densepred.conf"
-        site.write_text(site_config([r.url.removeprefix("http://") for r in replicas], port))
-        (folder / "nginx.conf").write_text(main_config(folder, site))
-        cmd = [binary, "-p", str(folder), "-c", str(folder / "nginx.conf")]
+        # The shipped docker/nginx.conf, its upstream and listen lines pointed at loopback (bench/front.py).
+        cmd = front.prepare(folder, [r.url.removeprefix("http://") for r in replicas], port)
         proc = stack.enter_context(running(cmd, folder / "nginx.out"))
         url = f"http://127.0.0.1:{port}"
         wait_for(answers(f"{url}/readyz"), 30, "nginx", proc)
