@@ -6,8 +6,9 @@
 #     OUT=bench/results bash bench/gpu_check.sh      # about 7 minutes on one H100/H200
 #
 # Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, postprocess_gpu.json,
-# compare_gpu.{json,png,log}, and compare_gpu_small.{json,png,log} when the trained store
-# artifacts/models is there. Exits non-zero if any step failed.
+# compare_gpu.{json,png,log}, and compare_gpu_small.{json,png} when the trained store artifacts/models
+# is there (its log goes on compare_gpu.log: 8 files, as many as the lent GPU machines send back).
+# Exits non-zero if any step failed.
 # The serving benchmark uses the ResNet-50 architectures, untrained (the cost per image of trained
 # ones): the small default models take 1-9 ms per image on such a GPU, too little to measure the GPU
 # path rather than HTTP and image decoding.
@@ -61,7 +62,7 @@ tail -5 "$OUT/compare_gpu.log"
 if [ -d artifacts/models ]; then
   step "serving benchmark, small models" 150 "$PYTHON" bench/compare.py --device cuda --tasks segment \
     --systems service service_w2 service_r2 --concurrency 1 8 32 --rates 1.0 --seconds 4 --raw-seconds 3 \
-    --warmup-s 2 --max-batch 32 --out "$OUT/compare_gpu_small" >"$OUT/compare_gpu_small.log" 2>&1
-  tail -3 "$OUT/compare_gpu_small.log"
+    --warmup-s 2 --max-batch 32 --out "$OUT/compare_gpu_small" >>"$OUT/compare_gpu.log" 2>&1
+  tail -3 "$OUT/compare_gpu.log"
 fi
 exit $status

@@ -140,7 +140,10 @@ def measure(
         predictor.limit_detections(MAX_DETECTIONS)  # as the service does
     decoded, decode_s = _decode_all(pictures, predictor.manifest)
     tensors = [image.tensor for image in decoded]
-    predictor.predict(tensors[: max(batch_sizes)])  # warm up: first calls pay for lazy initialisation
+    # Warm up: one round over all the images at each batch size, because first calls pay for lazy
+    # initialisation and kernels are chosen (and cached) per input shape, on the CPU and the GPU alike.
+    for size in batch_sizes:
+        _batches(predictor, tensors, size, seconds=0)
     runs = []
     for size in batch_sizes:
         main, thread = _batches(predictor, tensors, size, seconds), _on_thread(predictor, tensors, size, seconds)
