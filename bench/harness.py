@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,16 +71,8 @@ class Service:
         return {"rss_kib": int(fields["VmRSS"]), "hwm_kib": int(fields["VmHWM"]), "fds": fds}
 
 
-def service(model_dir: Path | None, **settings: object) -> contextlib.AbstractContextManager[Service]:
-    """`python -m service` with these DENSEPRED_* settings, ready; stopped on exit."""
-    return launch(model_dir, settings)
-
-
 @contextlib.contextmanager
-def launch(
-    model_dir: Path | None, settings: Mapping[str, object], process_env: Mapping[str, str] | None = None
-) -> Iterator[Service]:
-    """As service(); `process_env` adds variables that the C libraries read (OMP_NUM_THREADS...)."""
+def service(model_dir: Path | None, **settings: object) -> Iterator[Service]:
     with contextlib.ExitStack() as stack:
         if model_dir is None:
             model_dir = random_store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -90,7 +82,7 @@ def launch(
         env = {k: v for k, v in os.environ.items() if not k.startswith("DENSEPRED_")}
         chosen = {f"DENSEPRED_{k.upper()}": str(v) for k, v in settings.items()}
         env.update(chosen, DENSEPRED_MODEL_DIR=str(model_dir), DENSEPRED_PORT=str(port), PYTHONPATH=python_path())
-        env.update(PROCESS_ENVIRONMENT | dict(process_env or {}))
+        env.update(PROCESS_ENVIRONMENT)
         log = stack.enter_context(tempfile.NamedTemporaryFile("w+b", suffix=".log"))
         process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT)
         served = Service(process, f"http://127.0.0.1:{port}", chosen, log)

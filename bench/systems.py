@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import cpuuse
 import front
 import loadgen
-from harness import PROCESS_ENVIRONMENT, REPO, launch, metric, python_path, service, wait_until_up
+from harness import PROCESS_ENVIRONMENT, REPO, metric, python_path, service, wait_until_up
 
 HOST = "127.0.0.1"
 
@@ -84,15 +84,15 @@ def densepred_replicas(
     **settings: str,
 ) -> Iterator[Server]:
     """`replicas` service processes, as `docker compose --scale api=N` runs them on one machine. Each
-    computes with its share of the cores (OMP_NUM_THREADS), as an operator sets it for replicas that share
-    a host. They start one after another. The clients reach them through nginx (docker/nginx.conf, its
+    computes with its share of the cores (CPU_THREADS), as an operator sets it for replicas that share a
+    host. They start one after another. The clients reach them through nginx (docker/nginx.conf, its
     CPU counted as the role `nginx`), or spread their connections over them directly."""
     threads = str(max(1, (os.cpu_count() or 1) // replicas))
     batching = {"max_batch_size": str(max_batch_size), "max_wait_ms": str(max_wait_ms)}
     spawned = time.perf_counter()
     with contextlib.ExitStack() as stack:
         served = [
-            stack.enter_context(launch(model_dir, batching | settings, {"OMP_NUM_THREADS": threads}))
+            stack.enter_context(service(model_dir, **batching, cpu_threads=threads, **settings))
             for _ in range(replicas)
         ]
         ready = time.perf_counter() - spawned
@@ -109,7 +109,7 @@ def densepred_replicas(
             usage = [cpuuse.service_cpu(pid) for pid in pids]
             return {role: sum(u[role] for u in usage) for role in usage[0]}
 
-        settings_used = served[0].settings | {"replicas": str(replicas), "OMP_NUM_THREADS": threads}
+        settings_used = served[0].settings | {"replicas": str(replicas)}
         if not through_nginx:
             first, *rest = (p for p in ports if p is not None)
             yield Server(name, first, ready, batches, settings_used, cpu, tuple(rest))

@@ -192,7 +192,7 @@ class Runtime:
         self.models = models
         self.executors = executors  # per task; on a CPU all the same one thread
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
-        self.decode_limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.decode_limiter = anyio.CapacityLimiter(max(2, settings.cpu_threads or os.cpu_count() or 2))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
 
     @classmethod
@@ -200,7 +200,7 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
-        executors = inference_threads(settings.tasks, device, settings.inference_workers)
+        executors = inference_threads(settings.tasks, device, settings.inference_workers, settings.cpu_threads)
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
@@ -254,12 +254,15 @@ class Runtime:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def inference_threads(tasks: Sequence[str], device: torch.device, workers: int = 1) -> dict[str, ThreadPoolExecutor]:
+def inference_threads(
+    tasks: Sequence[str], device: torch.device, workers: int = 1, cpu_threads: int = 0
+) -> dict[str, ThreadPoolExecutor]:
     """The threads batches run on: on a CPU `workers` threads shared by every model, splitting the cores
-    between them; on a GPU `workers` threads per model."""
+    (`cpu_threads` of them, or torch's default) between them; on a GPU `workers` threads per model."""
     if device.type == "cpu":
-        # torch's default is the physical cores; one worker keeps it (and torch's own settings) untouched.
-        torch_threads = max(1, torch.get_num_threads() // workers) if workers > 1 else None
+        # torch's default is the physical cores; one worker on all of them keeps torch's settings untouched.
+        cores = cpu_threads or torch.get_num_threads()
+        torch_threads = max(1, cores // workers) if workers > 1 or cpu_threads else None
         return dict.fromkeys(tasks, _inference_threads("inference", workers, torch_threads))
     return {task: _inference_threads(f"infer-{task}", workers) for task in tasks}
 

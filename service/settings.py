@@ -43,6 +43,15 @@ class Settings(BaseSettings):
             "1 is lowest latency when idle, the number of cores most throughput under load."
         ),
     )
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description=(
+            "On a CPU: cores this process computes with (0: torch's default, all of them). Replicas that share "
+            "a machine each take their share: cores / replicas."
+        ),
+    )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
         default="fp32", description="On CUDA: autocast the forward pass to fp16 or bf16 (ignored on CPU)."
     )

@@ -45,6 +45,19 @@ def test_cpu_workers_are_shared_by_every_model_and_split_the_cores() -> None:
         torch.set_num_threads(cores)  # the workers set torch's process-wide default too
 
 
+def test_cpu_threads_caps_the_cores_the_workers_split() -> None:
+    cores = torch.get_num_threads()
+    one = inference_threads(TASKS, torch.device("cpu"), 1, cpu_threads=1)
+    two = inference_threads(TASKS, torch.device("cpu"), 2, cpu_threads=4)
+    try:
+        assert one["detect"].submit(torch.get_num_threads).result() == 1
+        assert two["detect"].submit(torch.get_num_threads).result() == 2
+    finally:
+        for executor in {*one.values(), *two.values()}:
+            executor.shutdown()
+        torch.set_num_threads(cores)
+
+
 async def test_two_workers_run_two_batches_of_one_model_at_once(store: Path, predictors: dict[str, Predictor]) -> None:
     barrier = threading.Barrier(2, timeout=10)  # a batch waits here for a second one: with one worker it fails
     wrapped = WrappedPredictor(predictors["detect"], before_batch=lambda images: barrier.wait() and None)

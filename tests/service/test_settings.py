@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.device) == ("127.0.0.1", 8000, "auto")
     assert settings.tasks == ("segment", "detect", "instances")
     assert settings.inference_workers == 1  # one OpenMP team over all cores: lowest latency when idle
+    assert settings.cpu_threads == 0  # torch's default: every core
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,6 +42,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         "DENSEPRED_MAX_IMAGE_PIXELS": "2000",
         "DENSEPRED_TASKS": "instances, detect,instances",
         "DENSEPRED_INFERENCE_WORKERS": "2",
+        "DENSEPRED_CPU_THREADS": "1",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -52,6 +54,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert (settings.max_image_bytes, settings.max_image_pixels) == (1000, 2000)
     assert settings.tasks == ("detect", "instances")
     assert settings.inference_workers == 2
+    assert settings.cpu_threads == 1
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         ("DENSEPRED_PORT", "70000"),
         ("DENSEPRED_REQUEST_TIMEOUT_S", "0"),
         ("DENSEPRED_INFERENCE_WORKERS", "0"),
+        ("DENSEPRED_CPU_THREADS", "-1"),
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, key: str, value: str) -> None:
