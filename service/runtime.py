@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import gc
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -34,6 +33,7 @@ from models import Acceleration, Detections, Manifest, Query, SemanticMap, load_
 from models.devices import resolve_device
 from service import responses
 from service.batching import Batcher
+from service.cores import available_cores, torch_cores
 from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
 from service.scaling import to_upload_coordinates
@@ -192,7 +192,7 @@ class Runtime:
         self.models = models
         self.executors = executors  # per task; on a CPU all the same one thread
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
-        self.decode_limiter = anyio.CapacityLimiter(max(2, settings.cpu_threads or os.cpu_count() or 2))
+        self.decode_limiter = anyio.CapacityLimiter(max(2, settings.cpu_threads or available_cores()))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
 
     @classmethod
@@ -200,7 +200,10 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
-        executors = inference_threads(settings.tasks, device, settings.inference_workers, settings.cpu_threads)
+        cores = torch_cores(settings.cpu_threads)
+        if cores and not settings.cpu_threads:
+            log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", cores)
+        executors = inference_threads(settings.tasks, device, settings.inference_workers, cores)
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1024,
         description=(
-            "On a CPU: cores this process computes with (0: torch's default, all of them). Replicas that share "
-            "a machine each take their share: cores / replicas."
+            "On a CPU: cores this process computes with (0: all it may use, its CPU affinity capped by a cgroup "
+            "CPU quota). Replicas that share a machine each take their share: cores / replicas."
         ),
     )
     precision: Literal["fp32", "fp16", "bf16"] = Field(
