@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import cpuuse
+import front
 import loadgen
 import plot
 import raw
@@ -339,6 +340,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few points, short ones (1-2 min per task)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/compare_cpu"), help="writes OUT.json, OUT.png")
     args = parser.parse_args(argv)
+    if "service_r2_nginx" in args.systems and front.find_nginx() is None:  # fail now, not after 20 minutes
+        parser.error(f"service_r2_nginx needs nginx: {front.NO_NGINX}, or leave it out of --systems")
     args.tasks = args.tasks or (["detect"] if args.quick else list(TASKS))
     if args.quick:
         args.image_count, args.concurrency, args.rates = min(args.image_count, 16), [1, args.max_batch], [1.0]

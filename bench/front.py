@@ -45,11 +45,19 @@ def main_config(folder: Path, site: Path, workers: int | str = 1) -> str:
     )
 
 
+NO_NGINX = "nginx is not installed (apt-get install nginx)"
+
+
+def find_nginx() -> str | None:
+    # /usr/sbin is not on every user's PATH, and nginx lives there.
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
+
+
 def prepare(folder: Path, upstreams: list[str], port: int, workers: int | str = 1) -> list[str]:
     """Write the configuration into `folder`; returns the command that runs nginx on it."""
-    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
+    binary = find_nginx()
     if binary is None:
-        raise SystemExit("nginx is not installed (apt-get install nginx)")
+        raise SystemExit(NO_NGINX)
     os.chmod(folder, 0o755)  # nginx's workers drop root: they must reach the temp folders
     for kind in TEMP_KINDS:
         (folder / kind).mkdir(mode=0o777, exist_ok=True)

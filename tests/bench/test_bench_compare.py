@@ -12,9 +12,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import compare  # noqa: E402
+import front  # noqa: E402
 import loadgen  # noqa: E402
 import plot  # noqa: E402
 
@@ -159,3 +162,14 @@ def test_gpu_ratios_compare_batching_with_batching_off_at_the_highest_concurrenc
     assert ratios["raw_batched_vs_batch1"] == 5.0
     assert ratios["targets_replicas"]["saturation_vs_raw_batched"] == {"value": 0.9, "target": ">= 0.85", "met": True}
     assert "targets_two_workers" not in ratios  # not run
+
+
+def test_a_run_that_needs_nginx_stops_at_once_without_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(front, "find_nginx", lambda: None)
+    assert compare.parse(["--systems", "service", "service_r2"]).systems == ["service", "service_r2"]
+    with pytest.raises(SystemExit) as stopped:
+        compare.parse(["--systems", "service", "service_r2_nginx"])
+    assert stopped.value.code == 2
+    assert "service_r2_nginx needs nginx" in capsys.readouterr().err
