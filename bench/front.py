@@ -71,9 +71,8 @@ def prepare(folder: Path, upstreams: list[str], port: int, workers: int | str = 
 def nginx(upstreams: list[str], port: int, workers: int | str = "auto") -> Iterator[subprocess.Popen[bytes]]:
     """nginx on 127.0.0.1:`port` in front of `upstreams`, once /readyz answers 200 through it. A session
     of its own, so that its CPU (master and worker) can be read with cpuuse.session_cpu."""
-    with tempfile.TemporaryDirectory(prefix="densepred-nginx-") as name:
+    with tempfile.TemporaryDirectory(prefix="densepred-nginx-") as name, open(Path(name) / "nginx.out", "wb") as log:
         folder = Path(name)
-        log = (folder / "nginx.out").open("wb")
         process = subprocess.Popen(prepare(folder, upstreams, port, workers), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
         try:
@@ -83,7 +82,6 @@ def nginx(upstreams: list[str], port: int, workers: int | str = "auto") -> Itera
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
-            log.close()
 
 
 def _output(folder: Path) -> str:

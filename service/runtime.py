@@ -201,7 +201,7 @@ class Runtime:
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
         cores = torch_cores(settings.cpu_threads)
-        if cores and not settings.cpu_threads:
+        if cores and not settings.cpu_threads and device.type == "cpu":
             log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", cores)
         executors = inference_threads(settings.tasks, device, settings.inference_workers, cores)
         loop = asyncio.get_running_loop()
