@@ -29,7 +29,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# The CPU benchmarks of the README's Performance section (about 32 minutes; keep the machine quiet;
+# The CPU benchmarks of the README's Performance section (about 30 minutes; keep the machine quiet;
 # service_r2_nginx needs nginx: apt-get install nginx).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
