@@ -56,6 +56,10 @@ class Service:
     settings: dict[str, str]
     log: Any
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import cpuuse
 import front
@@ -66,9 +65,8 @@ def densepred(
     spawned = time.perf_counter()
     with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **settings) as served:
         ready = time.perf_counter() - spawned
-        port = urlsplit(served.url).port
-        assert port is not None
         pid = served.process.pid
+        port = served.port
         yield Server(name, port, ready, _service_batches(port, task), served.settings, lambda: cpuuse.service_cpu(pid))
 
 
@@ -96,9 +94,8 @@ def densepred_replicas(
             for _ in range(replicas)
         ]
         ready = time.perf_counter() - spawned
-        ports = [urlsplit(s.url).port for s in served]
-        assert None not in ports
-        readers = [_service_batches(port, task) for port in ports if port is not None]
+        ports = [s.port for s in served]
+        readers = [_service_batches(port, task) for port in ports]
         pids = [s.process.pid for s in served]
 
         async def batches() -> tuple[float, float]:
@@ -111,8 +108,7 @@ def densepred_replicas(
 
         settings_used = served[0].settings | {"replicas": str(replicas)}
         if not through_nginx:
-            first, *rest = (p for p in ports if p is not None)
-            yield Server(name, first, ready, batches, settings_used, cpu, tuple(rest))
+            yield Server(name, ports[0], ready, batches, settings_used, cpu, tuple(ports[1:]))
             return
         port = _free_port()
         balancer = stack.enter_context(front.nginx([f"{HOST}:{p}" for p in ports], port))

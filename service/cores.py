@@ -42,10 +42,9 @@ def cpu_quota(cgroup: Path | None = None) -> float | None:
     return None
 
 
-def torch_cores(configured: int, cgroup: Path | None = None) -> int:
-    """The cores the inference threads share: CPU_THREADS when set; else the available cores when torch's
-    default is more (a CPU quota); else 0, which leaves torch's default alone."""
+def torch_cores(configured: int, available: int) -> int:
+    """The cores the inference threads share: CPU_THREADS when set; else the `available_cores()` when
+    torch's default is more (a CPU quota); else 0, which leaves torch's default alone."""
     if configured:
         return configured
-    cores = available_cores(cgroup)
-    return cores if cores < torch.get_num_threads() else 0
+    return available if available < torch.get_num_threads() else 0

@@ -185,14 +185,15 @@ class Runtime:
         device: torch.device,
         models: dict[str, TaskModel],
         executors: dict[str, ThreadPoolExecutor],
+        cores: int,
     ):
         self.settings = settings
         self.metrics = metrics
         self.device = device
         self.models = models
-        self.executors = executors  # per task; on a CPU all the same one thread
+        self.executors = executors  # per task; on a CPU all the same pool
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
-        self.decode_limiter = anyio.CapacityLimiter(max(2, settings.cpu_threads or available_cores()))
+        self.decode_limiter = anyio.CapacityLimiter(max(2, cores))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
 
     @classmethod
@@ -200,10 +201,11 @@ class Runtime:
         """Load every configured model (a bad store fails startup) and start its queue."""
         device = resolve_device(settings.device)
         load = loader or store_loader(settings)
-        cores = torch_cores(settings.cpu_threads)
-        if cores and not settings.cpu_threads and device.type == "cpu":
-            log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", cores)
-        executors = inference_threads(settings.tasks, device, settings.inference_workers, cores)
+        available = available_cores()
+        compute = torch_cores(settings.cpu_threads, available)
+        if compute and not settings.cpu_threads and device.type == "cpu":
+            log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", compute)
+        executors = inference_threads(settings.tasks, device, settings.inference_workers, compute)
         loop = asyncio.get_running_loop()
         models: dict[str, TaskModel] = {}
         for task in settings.tasks:
@@ -219,7 +221,7 @@ class Runtime:
             log.info("loaded %s: %s version %s on %s", task, m.arch, m.version or "-", device)
         for model in models.values():
             model.batcher.start()
-        return cls(settings, metrics, device, models, executors)
+        return cls(settings, metrics, device, models, executors, settings.cpu_threads or available)
 
     @property
     def ready(self) -> bool:

@@ -58,10 +58,10 @@ def test_no_cgroup_or_unreadable_values_mean_no_quota(tmp_path: Path) -> None:
 
 
 def test_torch_keeps_its_default_unless_a_quota_or_the_setting_says_less(tmp_path: Path) -> None:
-    assert torch_cores(3, _v2(tmp_path, "max 100000")) == 3  # CPU_THREADS wins
-    assert torch_cores(0, tmp_path) == (AFFINITY if torch.get_num_threads() > AFFINITY else 0)
+    assert torch_cores(3, available_cores(_v2(tmp_path, "max 100000"))) == 3  # CPU_THREADS wins
+    assert torch_cores(0, available_cores(tmp_path)) == (AFFINITY if torch.get_num_threads() > AFFINITY else 0)
     _v2(tmp_path, "50000 100000")
-    assert torch_cores(0, tmp_path) == (1 if torch.get_num_threads() > 1 else 0)
+    assert torch_cores(0, available_cores(tmp_path)) == (1 if torch.get_num_threads() > 1 else 0)
 
 
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs torch to default to at least two threads")
