@@ -29,7 +29,6 @@ from service import responses  # noqa: E402
 from service.errors import ApiError  # noqa: E402
 from service.imaging import DecodedImage, decode_image  # noqa: E402
 from service.runtime import image_limits  # noqa: E402
-from service.scaling import to_upload_coordinates  # noqa: E402
 from service.schemas import DetectResponse, ImageInfo, InstancesResponse, SegmentResponse, Timing  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -49,7 +48,7 @@ class DensepredAPI(ls.LitAPI):
             self.predictor.limit_detections(models.registry.MAX_DETECTIONS)  # as the service does
         self.names = {c.id: c.name for c in self.predictor.manifest.categories}
         # The service's defaults, without reading DENSEPRED_* (model_construct skips the environment).
-        self.limits = image_limits(Settings.model_construct(), self.predictor.manifest)
+        self.limits = image_limits(Settings.model_construct())
         self.predictor.warmup()
         # One line per batch (its size), appended unbuffered, so that bench/compare.py can report mean batch
         # sizes for LitServe as it does for the service; a few bytes per batch cost nothing measurable.
@@ -70,7 +69,8 @@ class DensepredAPI(ls.LitAPI):
 
     def predict(self, x: list[tuple[DecodedImage, float]]) -> list[tuple[DecodedImage, float, Any, float]]:
         started = time.perf_counter()
-        results = self.predictor.predict([image.tensor for image, _ in x])
+        frames = [(image.height, image.width) for image, _ in x]
+        results = self.predictor.predict([image.tensor for image, _ in x], None, frames)
         seconds = time.perf_counter() - started
         if self.batches is not None:
             self.batches.write(f"{len(x)}\n")
@@ -81,10 +81,8 @@ class DensepredAPI(ls.LitAPI):
 
     def encode_response(self, output: tuple[DecodedImage, float, Any, float]) -> dict[str, Any]:
         image, started, result, inference_s = output
-        result = to_upload_coordinates(result, image)
-        size = (image.height, image.width) if image.scaled else None
         if self.task == "segment":
-            body: dict[str, Any] = {"segments": responses.segments(result, self.names, size)}
+            body: dict[str, Any] = {"segments": responses.segments(result, self.names)}
         elif self.task == "detect":
             body = {"detections": responses.detections(result, self.names)}
         else:

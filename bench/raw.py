@@ -40,9 +40,9 @@ from service.settings import Settings  # noqa: E402
 Pictures = list[tuple[bytes, str]]
 
 
-def _decode_all(pictures: Pictures, manifest: models.Manifest) -> tuple[list[DecodedImage], list[float]]:
+def _decode_all(pictures: Pictures) -> tuple[list[DecodedImage], list[float]]:
     # The service's defaults without reading DENSEPRED_* (model_construct skips the environment).
-    limits = image_limits(Settings.model_construct(), manifest)
+    limits = image_limits(Settings.model_construct())
     decoded, seconds = [], []
     for data, _ in pictures:
         started = time.perf_counter()
@@ -138,7 +138,7 @@ def measure(
     predictor = models.load_predictor(model_dir, task, device)
     if isinstance(predictor, models.predictors.DetectionPredictor):
         predictor.limit_detections(MAX_DETECTIONS)  # as the service does
-    decoded, decode_s = _decode_all(pictures, predictor.manifest)
+    decoded, decode_s = _decode_all(pictures)
     tensors = [image.tensor for image in decoded]
     # Warm up: one round over all the images at each batch size, because first calls pay for lazy
     # initialisation and kernels are chosen (and cached) per input shape, on the CPU and the GPU alike.

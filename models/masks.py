@@ -41,15 +41,6 @@ class InstanceMasks:
     def __len__(self) -> int:
         return int(self.probs.shape[0])
 
-    def rescaled(self, size: tuple[int, int]) -> InstanceMasks:
-        """The same masks over an image of `size` (height, width): the grids are pasted straight at that
-        resolution, as torchvision does after its own resize, rather than upsampling a pasted mask."""
-        if size == self.size:
-            return self
-        sy, sx = size[0] / self.size[0], size[1] / self.size[1]
-        scale = torch.tensor([sx, sy, sx, sy], dtype=self.boxes.dtype, device=self.boxes.device)
-        return InstanceMasks(self.probs, self.boxes * scale, size, self.threshold)
-
     def regions(self) -> list[Region]:
         """Each mask thresholded within its box only: exactly the pixels of torchvision's
         `paste_masks_in_image(...) >= threshold`, given that a pixel outside every box is out."""

@@ -1,8 +1,12 @@
 """Predictors: a model plus the pre- and post-processing it needs, one class per task.
 
-Input: uint8 CHW tensors of any sizes (a batch may mix sizes). Output per image, in that image's own
-pixel coordinates: boxes/labels/scores, instance masks (kept compact: see models/masks.py), or a label
-map. A batch is run as a few forward passes of similar shapes (models/shapes.py), never padded wastefully.
+Input: uint8 CHW tensors of any sizes (a batch may mix sizes). Output per image, in the pixels of its
+frame: the picture the results refer to, by default the image itself; a caller that decoded a large upload
+at reduced size passes the upload's size, and boxes, masks and label maps come back in its pixels
+(predictors resize for their networks themselves, so every caller, the service and the trainer's
+evaluation alike, gets the same answer for the same picture). Results: boxes/labels/scores, instance masks
+(kept compact: see models/masks.py), or a label map. A batch is run as a few forward passes of similar
+shapes (models/shapes.py), never padded wastefully.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import resize_boxes
 
+from models.labelmaps import label_map
 from models.masks import InstanceMasks
 from models.registry import MAX_DETECTIONS, build_model
 from models.shapes import PaddingStats, Shape, group_by_shape
@@ -29,6 +34,7 @@ from models.store import Manifest, StoreError, load_entry
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
+Frame = tuple[int, int]  # (height, width) of the picture results refer to
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -102,12 +108,15 @@ class Predictor(ABC):
         self.padding = PaddingStats()
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Tensor], queries: Sequence[Query] | None = None) -> list[Result]:
-        """Predict a batch; `queries[i]` filters the results of `images[i]` (defaults when omitted)."""
-        if queries is None:
-            queries = [Query()] * len(images)
-        if len(queries) != len(images):
-            raise ValueError(f"{len(images)} images but {len(queries)} queries")
+    def predict(
+        self, images: Sequence[Tensor], queries: Sequence[Query] | None = None, frames: Sequence[Frame] | None = None
+    ) -> list[Result]:
+        """Predict a batch; `queries[i]` filters the results of `images[i]` (defaults when omitted), and
+        `frames[i]` is the (height, width) its results refer to (default: the image's own size)."""
+        queries = [Query()] * len(images) if queries is None else queries
+        frames = [(int(image.shape[-2]), int(image.shape[-1])) for image in images] if frames is None else frames
+        if not len(queries) == len(frames) == len(images):
+            raise ValueError(f"{len(images)} images but {len(queries)} queries and {len(frames)} frames")
         for image in images:
             check_image(image)
         shapes = [self.input_shape(*image.shape[-2:]) for image in images]
@@ -115,7 +124,8 @@ class Predictor(ABC):
         for group in group_by_shape(shapes, self.size_divisor, self.max_padding_waste):
             self.padding.add([shapes[i] for i in group], self.size_divisor)
             with self._autocast():
-                outputs = self._predict([images[i] for i in group], [queries[i] for i in group])
+                outputs = self._predict([images[i] for i in group], [queries[i] for i in group],
+                                        [frames[i] for i in group])  # fmt: skip
             results.update(zip(group, outputs, strict=True))
         return [results[i] for i in range(len(images))]
 
@@ -128,7 +138,7 @@ class Predictor(ABC):
         """The (height, width) the network computes on for an image of this size, before batch padding."""
 
     @abstractmethod
-    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]: ...
+    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query], frames: Sequence[Frame]) -> list[Result]: ...
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.autocast_dtype is None:
@@ -159,15 +169,15 @@ class DetectionPredictor(Predictor):
         if roi_heads is not None:
             roi_heads.detections_per_img = min(count, roi_heads.detections_per_img)
 
-    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]:
-        outputs = self._forward([self._to_device(img) for img in images])
-        return [self._select(out, img, q) for out, img, q in zip(outputs, images, queries, strict=True)]
+    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query], frames: Sequence[Frame]) -> list[Result]:
+        outputs = self._forward([self._to_device(img) for img in images], frames)
+        return [self._select(out, q, frame) for out, q, frame in zip(outputs, queries, frames, strict=True)]
 
-    def _forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+    def _forward(self, images: list[Tensor], frames: Sequence[Frame]) -> list[dict[str, Tensor]]:
         """torchvision's GeneralizedRCNN.forward in eval mode, minus pasting each mask into a full-size
-        image: masks stay [N, 1, M, M] probabilities over their boxes (boxes in the input's pixels)."""
+        image: masks stay [N, 1, M, M] probabilities over their boxes (boxes in the frame's pixels, as
+        torchvision maps them back to the original image's)."""
         model: Any = self.model  # a torchvision GeneralizedRCNN (every detect/instances architecture is)
-        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, _ = model.transform(images)
         if self.channels_last:
             batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
@@ -176,11 +186,11 @@ class DetectionPredictor(Predictor):
             features = OrderedDict([("0", features)])
         proposals, _ = model.rpn(batch, features)
         outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
-        for output, resized, size in zip(outputs, batch.image_sizes, sizes, strict=True):
-            output["boxes"] = resize_boxes(output["boxes"], resized, size)
+        for output, resized, frame in zip(outputs, batch.image_sizes, frames, strict=True):
+            output["boxes"] = resize_boxes(output["boxes"], resized, list(frame))
         return outputs
 
-    def _select(self, output: dict[str, Tensor], image: Tensor, query: Query) -> Detections:
+    def _select(self, output: dict[str, Tensor], query: Query, frame: Frame) -> Detections:
         scores = output["scores"]
         keep = scores >= query.score_threshold
         if query.class_ids is not None:
@@ -188,12 +198,12 @@ class DetectionPredictor(Predictor):
             keep &= torch.isin(output["labels"], ids)
         # torchvision returns detections sorted by score, so the first max_detections kept are the best.
         index = keep.nonzero().flatten()[: query.max_detections]
-        height, width = image.shape[-2:]
+        height, width = frame
         boxes = output["boxes"][index].float()
         masks = None
         if "masks" in output:
             # The grids stay on the device; thresholding and run lengths happen there (models/masks.py).
-            masks = InstanceMasks(output["masks"][index, 0], boxes.clone(), (height, width), query.mask_threshold)
+            masks = InstanceMasks(output["masks"][index, 0], boxes.clone(), frame, query.mask_threshold)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         return Detections(boxes.cpu(), output["labels"][index].cpu(), scores[index].float().cpu(), masks)
@@ -232,24 +242,20 @@ class SegmentationPredictor(Predictor):
         scale = self.max_size / longest
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query]) -> list[Result]:
+    def _predict(self, images: Sequence[Tensor], queries: Sequence[Query], frames: Sequence[Frame]) -> list[Result]:
         prepared = [self._prepare(img) for img in images]
         batch = self._pad(prepared)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         logits = self.model(batch)["out"]
         results: list[Result] = []
-        for i, (image, x, query) in enumerate(zip(images, prepared, queries, strict=True)):
-            scores = logits[i : i + 1, :, : x.shape[-2], : x.shape[-1]]
-            if scores.shape[-2:] != image.shape[-2:]:
-                scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=False)
-            # max().indices, not argmax(): the same indices (first maximum on ties, NaN wins), but torch's CPU
-            # argmax over the class dimension is ~25x slower, longer than the FCN's own forward here.
-            labels = scores[0].max(0).indices
+        for i, (x, query, frame) in enumerate(zip(prepared, queries, frames, strict=True)):
+            # Scores upsampled bilinearly straight into the frame, in bands (models/labelmaps.py).
+            labels = label_map(logits[i, :, : x.shape[-2], : x.shape[-1]], frame, self.label_dtype)
             if query.class_ids is not None:
                 wanted = torch.tensor(sorted(query.class_ids), device=labels.device, dtype=labels.dtype)
                 labels[~torch.isin(labels, wanted)] = 0
-            results.append(SemanticMap(labels.to(self.label_dtype).cpu()))
+            results.append(SemanticMap(labels.cpu()))
         return results
 
     def _prepare(self, image: Tensor) -> Tensor:

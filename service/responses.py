@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from client.overlay import encode_png, render_overlay
 from models import Detections, Manifest, SemanticMap
 from service.rle import encode_label_map, encode_regions
-from service.scaling import upsample_nearest
 from service.schemas import Detection, InstanceDetection, Mask, ModelInfo, Segment
 
 
@@ -34,8 +33,8 @@ def detections(result: Detections, names: Mapping[int, str]) -> list[Detection]:
 
 
 def instances(result: Detections, names: Mapping[int, str]) -> list[InstanceDetection]:
-    """Masks are encoded from their box regions at the size they cover (see scaling.py for uploads the
-    model saw shrunk): never N full-frame masks."""
+    """Masks are encoded from their box regions at the size they cover (the upload's): never N full-frame
+    masks."""
     if result.masks is None:
         raise ValueError("instance results carry masks")
     rles, areas = encode_regions(result.masks.regions(), result.masks.size)
@@ -45,13 +44,10 @@ def instances(result: Detections, names: Mapping[int, str]) -> list[InstanceDete
     ]
 
 
-def segments(result: SemanticMap, names: Mapping[int, str], size: tuple[int, int] | None = None) -> list[Segment]:
-    labels = result.labels
-    if size is not None:
-        labels = upsample_nearest(labels, size)  # once, for all classes: they stay disjoint
+def segments(result: SemanticMap, names: Mapping[int, str]) -> list[Segment]:
     return [
         Segment(label=_label(names, label_id), label_id=label_id, area=area, mask=Mask(**rle))
-        for label_id, (rle, area) in sorted(encode_label_map(labels).items())
+        for label_id, (rle, area) in sorted(encode_label_map(result.labels).items())
     ]
 
 

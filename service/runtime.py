@@ -36,7 +36,6 @@ from service.batching import Batcher
 from service.cores import available_cores, torch_cores
 from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
-from service.scaling import to_upload_coordinates
 from service.schemas import Detection, InstanceDetection, Segment
 from service.settings import Settings
 
@@ -53,7 +52,12 @@ class ServedModel(Protocol):
     manifest: Manifest
     device: torch.device
 
-    def predict(self, images: Sequence[torch.Tensor], queries: Sequence[Query] | None = None) -> list[Result]: ...
+    def predict(
+        self,
+        images: Sequence[torch.Tensor],
+        queries: Sequence[Query] | None = None,
+        frames: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Result]: ...
 
     def warmup(self) -> None: ...
 
@@ -101,32 +105,31 @@ def store_loader(settings: Settings) -> Loader:
 
 
 def _batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Answer]]:
-    """Predict a batch and turn each result into its answer's items (upload pixels, RLE), on this thread."""
+    """Predict a batch in the uploads' pixels and turn each result into its answer's items (RLE), on this
+    thread."""
     task, names = predictor.manifest.task, predictor.manifest.category_names()
 
     def run(jobs: list[Job]) -> list[Answer]:
-        results = predictor.predict([job.image.tensor for job in jobs], [job.query for job in jobs])
-        return [_answer(task, result, job.image, names) for result, job in zip(results, jobs, strict=True)]
+        images = [job.image.tensor for job in jobs]
+        frames = [(job.image.height, job.image.width) for job in jobs]
+        results = predictor.predict(images, [job.query for job in jobs], frames)
+        return [_answer(task, result, names) for result in results]
 
     return run
 
 
-def _answer(task: str, result: Result, image: DecodedImage, names: dict[int, str]) -> Answer:
-    result = to_upload_coordinates(result, image)
+def _answer(task: str, result: Result, names: dict[int, str]) -> Answer:
     if isinstance(result, SemanticMap):
-        return responses.segments(result, names, (image.height, image.width) if image.scaled else None)
+        return responses.segments(result, names)
     if task == "instances":
         return responses.instances(result, names)
     return responses.detections(result, names)
 
 
-def image_limits(settings: Settings, manifest: Manifest) -> Limits:
-    """Decoding limits for one model. Images are shrunk to the smaller of MAX_IMAGE_SIDE and the model's
-    own input size: it would shrink them itself, but only after Mask R-CNN pasted its masks at the size it
-    was given (torchvision pastes at the input size), and FCN upsampled its logits to it."""
-    model_side = int(manifest.input.get("max_size") or 0)
-    side = min(settings.max_image_side, model_side) if model_side else settings.max_image_side
-    return Limits(settings.max_image_pixels, side, settings.max_aspect_ratio)
+def image_limits(settings: Settings) -> Limits:
+    """Decoding limits. Uploads are shrunk to MAX_IMAGE_SIDE only (memory); each predictor resizes for its
+    network itself and answers in the upload's pixels, exactly as in the trainer's evaluation."""
+    return Limits(settings.max_image_pixels, settings.max_image_side, settings.max_aspect_ratio)
 
 
 def release_device_memory() -> None:
@@ -216,7 +219,7 @@ class Runtime:
                     executor.shutdown(wait=False)
                 raise
             batcher = _make_batcher(task, predictor, settings, metrics, executors[task])
-            models[task] = TaskModel(predictor, batcher, image_limits(settings, predictor.manifest))
+            models[task] = TaskModel(predictor, batcher, image_limits(settings))
             m = predictor.manifest
             log.info("loaded %s: %s version %s on %s", task, m.arch, m.version or "-", device)
         for model in models.values():

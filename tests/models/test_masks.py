@@ -79,17 +79,6 @@ def test_a_region_placed_inside_the_frame_has_the_full_frames_runs() -> None:
     assert np.array_equal(run_lengths([Region(region, 3, 1)], (6, 5))[0], _coco_counts(full))
 
 
-def test_rescaled_masks_are_pasted_at_the_new_size() -> None:
-    generator = torch.Generator().manual_seed(2)
-    probs = torch.rand(3, 28, 28, generator=generator)
-    boxes = torch.tensor([[2.0, 3.0, 20.0, 30.0], [0.0, 0.0, 40.0, 31.0], [10.5, 4.25, 11.0, 9.0]])
-    masks = InstanceMasks(probs, boxes, (32, 40))
-    big = masks.rescaled((96, 100))
-    scaled = boxes * torch.tensor([2.5, 3.0, 2.5, 3.0])
-    assert torch.equal(big.dense(), paste_masks_in_image(probs[:, None], scaled, (96, 100))[:, 0] >= 0.5)
-    assert masks.rescaled((32, 40)) is masks
-
-
 def test_a_zero_threshold_is_refused() -> None:
     masks = InstanceMasks(torch.ones(1, 4, 4), torch.tensor([[1.0, 1.0, 3.0, 3.0]]), (8, 8), threshold=0.0)
     with pytest.raises(ValueError, match="every pixel"):

@@ -140,3 +140,24 @@ def test_bad_images_raise_value_error(random_store: Path) -> None:
     with pytest.raises(ValueError, match="queries"):
         predictor.predict([torch.zeros(3, 10, 10, dtype=torch.uint8)], [])
     assert DEFAULT_ARCH["segment"] == predictor.manifest.arch
+
+
+def test_results_in_a_larger_frame_are_the_images_own_scaled_up(random_store: Path) -> None:
+    """A caller that decoded an upload at reduced size gets answers in the upload's pixels: the same boxes
+    scaled, and a label map at the upload's size, equal to segmenting the upload itself where it is not
+    shrunk any further."""
+    small = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    frame = (150, 200)
+    detector = load_predictor(random_store, "detect")
+    own, framed = (detector.predict([small], [Query(score_threshold=0.0)], frames)[0] for frames in (None, [frame]))
+    assert isinstance(own, Detections)
+    assert isinstance(framed, Detections)
+    assert len(own.boxes) == len(framed.boxes) > 0
+    scale = torch.tensor([200 / 80, 150 / 60] * 2)
+    assert torch.allclose(framed.boxes, (own.boxes * scale).clamp(max=torch.tensor([200.0, 150.0] * 2)), atol=1e-3)
+    segmenter = load_predictor(random_store, "segment")
+    (labels,) = segmenter.predict([small], None, [frame])
+    assert isinstance(labels, SemanticMap)
+    assert labels.labels.shape == frame
+    with pytest.raises(ValueError, match="frames"):
+        segmenter.predict([small], None, [frame, frame])

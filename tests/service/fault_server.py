@@ -34,11 +34,13 @@ class FaultyPredictor:
     def warmup(self) -> None:
         self.inner.warmup()
 
-    def predict(self, images: Sequence[torch.Tensor], queries: Sequence[Any] | None = None) -> list[Any]:
+    def predict(
+        self, images: Sequence[torch.Tensor], queries: Sequence[Any] | None = None, frames: Sequence[Any] | None = None
+    ) -> list[Any]:
         time.sleep(self.delay_s)
         if self.marker is not None and any(image[:, 0, 0].tolist() == self.marker for image in images):
             raise ValueError("this image carries the fault marker (test fault injection)")
-        return self.inner.predict(images, queries)
+        return self.inner.predict(images, queries, frames)
 
 
 def main() -> None:

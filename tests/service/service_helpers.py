@@ -128,11 +128,13 @@ class WrappedPredictor:
             assert self.warmup_gate.wait(30), "warm-up gate never opened"
         self.inner.warmup()
 
-    def predict(self, images: Sequence[torch.Tensor], queries: Sequence[Any] | None = None) -> list[Any]:
+    def predict(
+        self, images: Sequence[torch.Tensor], queries: Sequence[Any] | None = None, frames: Sequence[Any] | None = None
+    ) -> list[Any]:
         self.batch_sizes.append(len(images))
         if self.before_batch is not None:
             self.before_batch(images)
-        return self.inner.predict(images, queries)
+        return self.inner.predict(images, queries, frames)
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:

@@ -159,10 +159,10 @@ class ThreadRecorder:
         self.seen.append(("warmup", threading.current_thread().name))
         self.inner.warmup()
 
-    def predict(self, images: Any, queries: Any = None) -> list[Any]:
+    def predict(self, images: Any, queries: Any = None, frames: Any = None) -> list[Any]:
         self.seen.append(("predict", threading.current_thread().name))
         self.seen.append(("os name", Path("/proc/thread-self/comm").read_text().strip()))
-        return self.inner.predict(images, queries)
+        return self.inner.predict(images, queries, frames)
 
 
 async def test_on_a_cpu_every_model_loads_warms_and_predicts_on_one_inference_thread(

@@ -22,7 +22,6 @@ from service_helpers import WrappedPredictor, as_raw, blocks_image, encode, serv
 import models
 from models import Detections, Predictor, Query, SemanticMap
 from service.imaging import Limits, decode_image
-from service.scaling import upsample_nearest
 
 pytestmark = [
     pytest.mark.anyio,
@@ -55,15 +54,17 @@ async def test_large_detections_come_back_in_upload_pixels(
     assert body["image"] == {"width": 200, "height": 150}
     shrunk = _model_view(data)
     assert tuple(shrunk.shape) == (3, 48, 64)
-    own = predictors["instances"].predict([shrunk], [Query(0, 5)])[0]
+    # The predictor answers in the upload's pixels (its frame): mask grids pasted straight at that size.
+    own = predictors["instances"].predict([shrunk], [Query(0, 5)], [(150, 200)])[0]
     assert isinstance(own, Detections)
     assert own.masks is not None
     assert len(body["detections"]) == len(own.boxes) == 5
-    # The model's mask grids pasted straight at the upload's size, not its small masks upsampled.
-    masks = own.masks.rescaled((150, 200)).dense()
-    for det, box, mask in zip(body["detections"], own.boxes.tolist(), masks, strict=True):
-        expected = [min(v * s, lim) for v, s, lim in zip(box, [200 / 64, 150 / 48] * 2, [200, 150] * 2, strict=True)]
-        assert det["box"] == pytest.approx(expected, abs=0.01)
+    in_model_pixels = predictors["instances"].predict([shrunk], [Query(0, 5)])[0]
+    assert isinstance(in_model_pixels, Detections)
+    scale = torch.tensor([200 / 64, 150 / 48] * 2)
+    assert torch.allclose(own.boxes, (in_model_pixels.boxes * scale).clamp(max=torch.tensor([200, 150] * 2)), atol=1e-3)
+    for det, box, mask in zip(body["detections"], own.boxes.tolist(), own.masks.dense(), strict=True):
+        assert det["box"] == pytest.approx(box, abs=0.01)
         full = _decode(det["mask"])
         assert full.shape == (150, 200)
         assert np.array_equal(full, mask.numpy())
@@ -75,9 +76,10 @@ async def test_large_segmentation_comes_back_at_upload_size(
 ) -> None:
     data = encode(blocks_image(701, 200, 150), "PNG")
     body = (await shrinking.post("/segment", **as_raw(data))).json()
-    own = predictors["segment"].predict([_model_view(data)])[0]
+    # Scores upsampled bilinearly into the upload's frame, as the trainer's evaluation does at full size.
+    own = predictors["segment"].predict([_model_view(data)], None, [(200, 150)])[0]
     assert isinstance(own, SemanticMap)
-    expected = upsample_nearest(own.labels, (200, 150)).numpy()
+    expected = own.labels.numpy()
     labels = np.zeros((200, 150), dtype=np.uint8)
     for segment in body["segments"]:
         mask = _decode(segment["mask"]).astype(bool)

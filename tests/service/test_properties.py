@@ -1,4 +1,4 @@
-"""Property tests (hypothesis): RLE round trips, nearest upsampling, mapping boxes back, fitting sizes."""
+"""Property tests (hypothesis): RLE round trips, nearest upsampling, fitting sizes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from models import Detections
-from service.imaging import DecodedImage, fit_within
+from service.imaging import fit_within
 from service.rle import encode_label_map, encode_masks, mask_areas
-from service.scaling import to_upload_coordinates, upsample_nearest
+from service.scaling import upsample_nearest
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
@@ -102,30 +101,3 @@ def test_fit_within_bounds_the_longer_side_and_keeps_the_shape(width: int, heigh
         scale = max_side / max(width, height)
         for side, exact in zip(fitted, (width * scale, height * scale), strict=True):
             assert abs(side - exact) <= 0.5 or side == 1  # rounded, but never to nothing
-
-
-@st.composite
-def scaled_results(draw: st.DrawFn) -> tuple[Detections, DecodedImage]:
-    up_w, up_h = draw(st.integers(2, 8000)), draw(st.integers(2, 8000))
-    small_w, small_h = fit_within(up_w, up_h, draw(st.integers(32, 1333)))
-    count = draw(st.integers(0, 20))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    corners = rng.random((count, 2, 2)) * [small_w, small_h]  # may touch the border
-    boxes = torch.from_numpy(np.concatenate([corners.min(1), corners.max(1)], 1)).float()
-    result = Detections(boxes, torch.ones(count, dtype=torch.int64), torch.ones(count))
-    image = DecodedImage(torch.zeros(3, small_h, small_w, dtype=torch.uint8), "PNG", up_w, up_h)
-    return result, image
-
-
-@settings(max_examples=500, deadline=None)
-@given(scaled_results())
-def test_boxes_mapped_back_stay_ordered_and_inside_the_upload(case: tuple[Detections, DecodedImage]) -> None:
-    result, image = case
-    mapped = to_upload_coordinates(result, image)
-    assert isinstance(mapped, Detections)
-    boxes = mapped.boxes
-    assert bool((boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all())
-    assert bool((boxes >= 0).all() and (boxes[:, 0::2] <= image.width).all() and (boxes[:, 1::2] <= image.height).all())
-    small_h, small_w = image.tensor.shape[-2:]
-    scale = torch.tensor([image.width / small_w, image.height / small_h] * 2)
-    assert torch.allclose(boxes, (result.boxes * scale).clamp(min=0), rtol=1e-5, atol=1e-3)
