@@ -17,19 +17,20 @@ from models.checkpoints import import_torchvision_checkpoint
 from models.devices import resolve_device
 from models.small import ROI_OPS, SKIPS
 from trainer import synth
+from trainer.augment import POLICIES
 from trainer.bootstrap import bootstrap
 from trainer.datasets import open_dataset
 from trainer.evaluate import evaluate
 from trainer.presets import PRESETS, get_preset
 from trainer.train import TrainJob, load_job, run
-from trainer.transfer import INIT_SCOPES
+from trainer.transfer import FREEZE_BN, INIT_SCOPES
 
 LAYOUTS = ("COCO layout: images/ and annotations/{train,val}.json; or VOC layout (segment only): JPEGImages/, "
            "SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")  # fmt: skip
 ARCH_CHOICES = ("roi_op", "skips")
 # What a resumed run takes from its run.json rather than from the command line.
-JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "seed", "init_from", "init_scope",
-             "freeze_stages", *ARCH_CHOICES, "run_dir", "checkpoint_every")  # fmt: skip
+JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "seed", "augment", "init_from",
+             "init_scope", "freeze_stages", "freeze_bn", *ARCH_CHOICES, "run_dir", "checkpoint_every")  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -60,11 +61,15 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on for CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--augment", choices=tuple(POLICIES), help="augmentation policy (default: the preset's, strong)")
+    p.add_argument("--workers", type=_non_negative, help="data-loading processes (default: as the cores allow)")
     g = p.add_argument_group("transfer learning")
     g.add_argument("--init-from", type=Path, help="store entry/root or torchvision .pth to start from")
     g.add_argument("--init-scope", choices=INIT_SCOPES, help="copy every tensor that fits (all, default) or backbone.*")
     g.add_argument("--freeze-stages", type=_non_negative, help="freeze the first K backbone stages (ResNet: stem, "
                    "layer1..4; the small models: stem, layer2..4)")  # fmt: skip
+    g.add_argument("--freeze-bn", choices=FREEZE_BN, help="freeze the backbone's BatchNorm statistics; auto (default): "
+                   "as torchvision does when it loads weights (R-CNN ResNet-50/MobileNet v1 builders)")  # fmt: skip
     g = p.add_argument_group("ablations (recorded as architecture options)")
     g.add_argument("--roi-op", choices=ROI_OPS, help="RoIAlign or RoI max pooling in the small R-CNNs' heads")
     g.add_argument("--skips", choices=SKIPS, help="FCN-32s, -16s or -8s (fcn_small)")
@@ -72,7 +77,7 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     g.add_argument("--run-dir", type=Path, help="for metrics.csv, checkpoint.pt, plots (artifacts/runs/<task>-<UTC>)")
     g.add_argument("--checkpoint-every", type=_positive, help="steps between checkpoints (default 200, and the last)")
     g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, "
-                   "with its own settings (only --device, --amp and --no-progress may change)")  # fmt: skip
+                   "with its own settings (only --device, --amp, --workers and --no-progress may change)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +147,9 @@ def _new_job(args: argparse.Namespace) -> TrainJob:
     get_arch(args.task, arch).with_choices(**options)  # fail fast on a bad name or an option it lacks
     preset = args.preset or "quick"
     config = get_preset(args.task, preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
-    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    given = {name: getattr(args, name) for name in ("seed", "init_from", "init_scope", "freeze_stages", "amp",
-                                                    "run_dir", "checkpoint_every")}  # fmt: skip
+    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
+    given = {name: getattr(args, name) for name in ("seed", "init_from", "init_scope", "freeze_stages", "freeze_bn",
+                                                    "amp", "run_dir", "checkpoint_every", "workers")}  # fmt: skip
     return TrainJob(task=args.task, data=args.data, out=args.out, arch=arch, preset=preset, config=config,
                     device=resolve_device(args.device), options=options, progress=not args.no_progress,
                     **{name: value for name, value in given.items() if value is not None})  # fmt: skip
@@ -155,7 +160,7 @@ def _resumed_job(args: argparse.Namespace) -> TrainJob:
     given = [f"--{name.replace('_', '-')}" for name in JOB_FLAGS if getattr(args, name) is not None]
     if given:
         raise ValueError(f"--resume continues a run with its recorded settings; drop {', '.join(given)}")
-    job = load_job(args.resume, resolve_device(args.device), progress=not args.no_progress)
+    job = load_job(args.resume, resolve_device(args.device), progress=not args.no_progress, workers=args.workers)
     return replace(job, amp=args.amp) if args.amp is not None else job
 
 

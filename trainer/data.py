@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -71,13 +69,12 @@ class TrainingData(Dataset[tuple[Tensor, Target]], ABC):
 
 
 class CocoDataset(TrainingData):
-    """Images as uint8 CHW tensors with task targets; `train=True` adds horizontal flips."""
+    """Images as uint8 CHW tensors with task targets (training augments them: trainer/augment.py)."""
 
-    def __init__(self, data: Path | str, split: str, task: str, train: bool = False) -> None:
+    def __init__(self, data: Path | str, split: str, task: str) -> None:
         self.root = Path(data)
         self.coco = load_coco(self.root, split)
         self.task = task
-        self.train = train
         self.image_ids = sorted(self.coco.getImgIds())
         self.categories = categories_of(self.coco)
 
@@ -103,8 +100,6 @@ class CocoDataset(TrainingData):
         height, width = image.shape[-2:]
         target = semantic_target(anns, height, width) if self.task == "segment" else rcnn_target(anns, height, width)
         target["image_id"] = torch.tensor(image_id)
-        if self.train and random.random() < 0.5:
-            image, target = hflip(image, target)
         return image, target
 
 
@@ -131,56 +126,22 @@ def semantic_target(anns: list[dict[str, Any]], height: int, width: int) -> Targ
     return {"mask": torch.from_numpy(label_map).long()}
 
 
-def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
-    width = image.shape[-1]
-    flipped = dict(target)
-    if "boxes" in target:
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        flipped["boxes"] = boxes
-    for key in ("masks", "mask"):
-        if key in target:
-            flipped[key] = target[key].flip(-1)
-    return image.flip(-1), flipped
-
-
 def collate(batch: list[tuple[Tensor, Target]]) -> tuple[list[Tensor], list[Target]]:
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
 
 
 def segmentation_batch(
-    images: list[Tensor],
-    targets: list[Target],
-    max_size: int,
-    mean: Tensor,
-    std: Tensor,
-    scale_jitter: float = 0.0,
-    crop: int = 0,
+    images: list[Tensor], targets: list[Target], mean: Tensor, std: Tensor, divisor: int = 32
 ) -> tuple[Tensor, Tensor]:
-    """Scale each image as the predictor would (longer side at most max_size), jitter, pad to a common size.
-
-    `crop` > 0: a random window of at most crop x crop pixels of each scaled image (the FCN paper's random
-    crops). Scaled images differ in size and aspect, so a whole-image batch is padded to its largest height
-    and width: 1.5x the pixels it holds on the shapes data. Crops bound the batch at crop x crop per image.
-    """
-    xs, ys = [], []
-    for image, target in zip(images, targets, strict=True):
-        scale = min(1.0, max_size / max(image.shape[-2:])) * random.uniform(1 - scale_jitter, 1 + scale_jitter)
-        size = [max(8, round(s * scale)) for s in image.shape[-2:]]
-        x = F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)
-        y = F.interpolate(target["mask"][None, None].float(), size=size, mode="nearest")
-        if crop:
-            top, left = (random.randint(0, max(0, s - crop)) for s in size)
-            x = x[..., top : top + crop, left : left + crop]
-            y = y[..., top : top + crop, left : left + crop]
-        xs.append((x[0] - mean) / std)
-        ys.append(y[0, 0].long())
-    height = -(-max(x.shape[-2] for x in xs) // 32) * 32
-    width = -(-max(x.shape[-1] for x in xs) // 32) * 32
+    """Normalise each image (float in [0, 1], or uint8) and pad the batch to a common size, a multiple of
+    `divisor`, with labels IGNORE on the padding. (Scaling and cropping happen per sample before: augment.py.)"""
+    xs = [((image.float() / 255 if image.dtype == torch.uint8 else image) - mean) / std for image in images]
+    height = -(-max(x.shape[-2] for x in xs) // divisor) * divisor
+    width = -(-max(x.shape[-1] for x in xs) // divisor) * divisor
     batch = xs[0].new_zeros((len(xs), 3, height, width))
-    labels = torch.full((len(ys), height, width), IGNORE, dtype=torch.long)
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+    labels = torch.full((len(xs), height, width), IGNORE, dtype=torch.long)
+    for i, (x, target) in enumerate(zip(xs, targets, strict=True)):
         batch[i, :, : x.shape[-2], : x.shape[-1]] = x
-        labels[i, : y.shape[-2], : y.shape[-1]] = y
+        labels[i, : x.shape[-2], : x.shape[-1]] = target["mask"]
     return batch, labels

@@ -8,8 +8,8 @@ from trainer.data import CocoDataset, TrainingData
 from trainer.voc import VocDataset, is_voc_layout
 
 
-def open_dataset(data: Path | str, split: str, task: str, train: bool = False) -> TrainingData:
+def open_dataset(data: Path | str, split: str, task: str) -> TrainingData:
     data = Path(data)
     if is_voc_layout(data):
-        return VocDataset(data, split, task, train=train)
-    return CocoDataset(data, split, task, train=train)
+        return VocDataset(data, split, task)
+    return CocoDataset(data, split, task)

@@ -37,6 +37,19 @@ class Processes:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite. Each rank asks before its backward pass, so a non-finite loss
+        on one rank stops them all at once, instead of leaving the others in DDP's gradient all-reduce until
+        the timeout."""
+        finite = torch.isfinite(loss.detach()).all()
+        if not self.distributed:
+            return bool(finite)
+        flag = finite.to(torch.int32).reshape(1)
+        if self.device.type == "cuda":
+            flag = flag.to(self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def barrier(self) -> None:
         if dist.is_initialized():
             dist.barrier()

@@ -38,16 +38,13 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.05) -> Any:
 
 
 class LossComputer:
-    """Turns a batch into a dict of named losses, the way each task's model expects it."""
+    """Turns a batch of augmented samples (trainer/augment.py) into a dict of named losses, the way each
+    task's model expects it."""
 
-    def __init__(
-        self, task: str, device: torch.device, input_spec: dict[str, Any], scale_jitter: float, crop: int = 0
-    ) -> None:
+    def __init__(self, task: str, device: torch.device, input_spec: dict[str, Any]) -> None:
         self.task = task
         self.device = device
-        self.input_spec = input_spec
-        self.scale_jitter = scale_jitter
-        self.crop = crop
+        self.divisor = int(input_spec.get("size_divisor", 32))
         self.mean = torch.tensor(input_spec["mean"]).view(3, 1, 1)
         self.std = torch.tensor(input_spec["std"]).view(3, 1, 1)
 
@@ -55,20 +52,23 @@ class LossComputer:
         if self.task == "segment":
             return self._segment(model, images, targets)
         wanted = ("boxes", "labels", "masks") if self.task == "instances" else ("boxes", "labels")
-        inputs = [image.to(self.device).float().div_(255) for image in images]
+        inputs = [_unit_range(image.to(self.device)) for image in images]
         rcnn_targets = [{k: t[k].to(self.device) for k in wanted} for t in targets]
         losses: dict[str, Tensor] = model(inputs, rcnn_targets)
         return losses
 
     def _segment(self, model: nn.Module, images: list[Tensor], targets: list[Target]) -> dict[str, Tensor]:
-        max_size = int(self.input_spec.get("max_size") or 1024)
-        x, y = segmentation_batch(images, targets, max_size, self.mean, self.std, self.scale_jitter, self.crop)
+        x, y = segmentation_batch(images, targets, self.mean, self.std, self.divisor)
         out = model(x.to(self.device))
         y = y.to(self.device)
         losses = {"loss_seg": F.cross_entropy(out["out"], y, ignore_index=IGNORE)}
         if "aux" in out:  # torchvision FCNs' auxiliary head, weighted as in its reference trainer
             losses["loss_aux"] = 0.5 * F.cross_entropy(out["aux"], y, ignore_index=IGNORE)
         return losses
+
+
+def _unit_range(image: Tensor) -> Tensor:
+    return image.float().div_(255) if image.dtype == torch.uint8 else image.float()
 
 
 def make_state(model: nn.Module, config: TrainConfig, precision: Precision) -> TrainState:
@@ -87,12 +87,15 @@ def train_steps(
     total_steps: int,
     precision: Precision,
     after_step: StepHook | None = None,
+    all_finite: Callable[[Tensor], bool] | None = None,
 ) -> None:
     """Optimizer steps from `state.step` up to `total_steps`.
 
     `network` is what to call: the model itself, or its DistributedDataParallel wrapper (which averages the
     gradients across processes during backward). `after_step` sees the state and the step's record.
+    `all_finite(loss)` says whether every process's loss is finite (default: this one's).
     """
+    finite = all_finite or (lambda loss: bool(torch.isfinite(loss)))
     while state.step < total_steps:
         started = time.perf_counter()
         images, targets = next(batches)
@@ -100,8 +103,9 @@ def train_steps(
             losses = compute_losses(network, images, targets)
         losses = {name: value.float() for name, value in losses.items()}
         loss = torch.stack(list(losses.values())).sum()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {state.step}: { {k: v.item() for k, v in losses.items()} }")
+        if not finite(loss):
+            raise RuntimeError(f"non-finite loss at step {state.step} (this process: "
+                               f"{ {k: v.item() for k, v in losses.items()} })")  # fmt: skip
         lr = state.optimizer.param_groups[0]["lr"]
         optimize(state, loss)
         state.step += 1

@@ -24,12 +24,17 @@ class TrainConfig:
     warmup_steps: int = 50
     # Overrides of the architecture's `input` (resize) settings, recorded in the manifest.
     input: dict[str, Any] = field(default_factory=dict)
-    scale_jitter: float = 0.2
+    augment: str = "strong"  # a policy of trainer/augment.py
     crop: int = 0  # segment: train on random crops of at most crop x crop px of the resized images (0: whole)
     eval_images: int | None = None  # None: the whole val split
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """From a run folder's run.json; fields this version no longer has are dropped."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 _SMALL_RCNN = {"min_size": 256, "max_size": 416}

@@ -2,7 +2,8 @@
 
 A resumed run at step s continues in epoch s // batches_per_epoch at batch s % batches_per_epoch, without
 loading the images it skips; under DistributedDataParallel each rank takes its own disjoint share of
-every epoch's permutation.
+every epoch's permutation. Batches are lists of (epoch, index) keys: trainer/augment.py seeds each
+sample's augmentation from its key, so where and in which process a sample is loaded changes nothing.
 
 With `groups` (a group id per image: landscape or portrait for the R-CNNs), a batch holds images of one
 group where it can, as torchvision's detection reference trainer does (GroupedBatchSampler): the R-CNNs
@@ -16,13 +17,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trainer.data import TrainingData, collate
+from trainer.data import collate
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """Yields the batches of one epoch (from `set_position`'s offset on) as lists of dataset indices."""
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields the batches of one epoch (from `set_position`'s offset on) as lists of (epoch, index) keys."""
 
     def __init__(
         self,
@@ -80,18 +81,24 @@ class EpochBatchSampler(Sampler[list[int]]):
     def set_position(self, epoch: int, offset: int = 0) -> None:
         self.epoch, self.offset = epoch, offset
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches(self.epoch)[self.offset :]
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.epoch_batches(self.epoch)[self.offset :]:
+            yield [(self.epoch, index) for index in batch]
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.offset
 
 
-def batch_stream(dataset: TrainingData, sampler: EpochBatchSampler, start_step: int = 0) -> Iterator[Any]:
-    """Endless (images, targets) batches, the first being the one optimizer step `start_step` trains on."""
+def batch_stream(
+    dataset: Dataset[Any], sampler: EpochBatchSampler, start_step: int = 0, workers: int = 0
+) -> Iterator[Any]:
+    """Endless (images, targets) batches, the first being the one optimizer step `start_step` trains on;
+    `workers` processes load and augment them ahead of the training loop (0: in this process)."""
     # A private generator: the DataLoader draws a worker base seed from it on every epoch, which would
     # otherwise consume the global torch RNG and shift the run's randomness depending on where it resumed.
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator(),
+                        num_workers=workers, persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers else None)  # fmt: skip
     epoch, offset = divmod(start_step, sampler.batches_per_epoch)
     while True:
         sampler.set_position(epoch, offset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 
 from models import Manifest, build_model, get_arch, make_predictor, save_entry
 from trainer import distributed
+from trainer.augment import Augmented, describe, policy_named, transform_for
 from trainer.checkpoint import CHECKPOINT_FILE, TrainState, load_checkpoint
 from trainer.data import CocoDataset, TrainingData
 from trainer.datasets import open_dataset
@@ -29,7 +31,7 @@ from trainer.precision import Precision, choose_precision
 from trainer.presets import TrainConfig
 from trainer.runlog import JOB_FILE, Reporter, default_run_dir
 from trainer.sampling import EpochBatchSampler, batch_stream
-from trainer.transfer import freeze_stages, train_mode, warm_start
+from trainer.transfer import freeze_batch_norm, freeze_stages, train_mode, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +51,34 @@ class TrainJob:
     freeze_stages: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # architecture choices: roi_op, skips
     amp: bool | None = None  # None: on for CUDA
+    freeze_bn: str = "auto"  # on, off, or auto: as torchvision does when it loads weights (see transfer.py)
     run_dir: Path | None = None  # None: artifacts/runs/<task>-<UTC timestamp>
     checkpoint_every: int = 200
     progress: bool = True
+    workers: int | None = None  # data-loading processes; None: as the cores allow (data_workers)
 
     def to_json(self) -> dict[str, Any]:
-        """What `--resume` needs to rebuild this job; device and progress bar belong to the machine."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("device", "progress")}
+        """What `--resume` needs to rebuild this job; device, progress bar and workers belong to the machine
+        (the samples do not depend on how many processes load them)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "workers")}
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], device: torch.device, progress: bool = True) -> TrainJob:
+    def from_json(
+        cls, data: dict[str, Any], device: torch.device, progress: bool = True, workers: int | None = None
+    ) -> TrainJob:
         paths = {k: Path(data[k]) if data.get(k) is not None else None for k in ("data", "out", "init_from", "run_dir")}
-        return cls(**{**data, **paths, "config": TrainConfig(**data["config"]), "device": device, "progress": progress})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        config = TrainConfig.from_json(data["config"])
+        return cls(**{**known, **paths, "config": config, "device": device, "progress": progress, "workers": workers})
 
 
-def load_job(run_dir: Path, device: torch.device, progress: bool = True) -> TrainJob:
+def load_job(run_dir: Path, device: torch.device, progress: bool = True, workers: int | None = None) -> TrainJob:
     """The job a run folder records, to resume it (wherever the folder has moved since)."""
     path = run_dir / JOB_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {JOB_FILE})")
-    job = TrainJob.from_json(json.loads(path.read_text()), device, progress)
+    job = TrainJob.from_json(json.loads(path.read_text()), device, progress, workers)
     return replace(job, run_dir=run_dir)
 
 
@@ -84,11 +93,11 @@ def run(job: TrainJob, resume: bool = False) -> Manifest | None:
 
 def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest | None:
     seed_everything(job.seed)  # the same initial weights in every process and every rerun
-    dataset = open_dataset(job.data, "train", job.task, train=True)
+    dataset = open_dataset(job.data, "train", job.task)
     model, manifest = build(job, dataset)
     if job.init_from is not None and not resume:  # a resumed run's weights come from its checkpoint
         warm_start(model, job.init_from, job.task, job.init_scope)
-    frozen = freeze_stages(model, job.freeze_stages)
+    frozen = freeze_stages(model, job.freeze_stages) + freeze_batch_norm(model, job.arch, job.init_from, job.freeze_bn)
     precision = choose_precision(procs.device, job.amp)
     state = make_state(model.to(procs.device), job.config, precision)
     if resume:
@@ -96,16 +105,20 @@ def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest 
         load_checkpoint(job.run_dir / CHECKPOINT_FILE, state)  # restores the RNGs too
         log.info("resuming %s at step %d of %d", job.run_dir, state.step, job.config.steps)
     else:
-        # Augmentation and the model's own sampling (RPN, dropout) draw from here: one stream per rank.
+        # The model's own sampling (RPN, dropout) draws from here: one stream per rank. Augmentation draws
+        # from per-sample seeds (trainer/augment.py).
         seed_everything(job.seed + procs.rank)
     sampler = EpochBatchSampler(len(dataset), job.config.batch_size, job.seed, procs.rank, procs.world_size,
                                 groups=aspect_groups(dataset, job.task))  # fmt: skip
-    batches = batch_stream(dataset, sampler, start_step=state.step)
-    compute_losses = LossComputer(job.task, procs.device, manifest.input, job.config.scale_jitter, job.config.crop)
+    policy = policy_named(job.config.augment)
+    augmented = Augmented(dataset, transform_for(job.task, policy, manifest.input, job.config.crop), job.seed)
+    workers = data_workers(procs.world_size) if job.workers is None else job.workers
+    batches = batch_stream(augmented, sampler, start_step=state.step, workers=workers)
+    compute_losses = LossComputer(job.task, procs.device, manifest.input)
     reporter = _reporter(job, resume, state.step, procs.world_size) if procs.is_main else None
     train_mode(model, frozen)
     network = distributed.wrap(model, procs)
-    train_steps(network, state, batches, compute_losses, job.config.steps, precision, reporter)
+    train_steps(network, state, batches, compute_losses, job.config.steps, precision, reporter, procs.all_finite)
     if reporter is None:
         procs.barrier()  # while rank 0 evaluates and writes the store
         return None
@@ -113,6 +126,13 @@ def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest 
     manifest = _finish(replace(job, run_dir=reporter.run_dir), state, manifest, reporter.history, procs, precision)
     procs.barrier()
     return manifest
+
+
+def data_workers(world_size: int) -> int:
+    """Data-loading processes beside each training process: one per core the training leaves over (with
+    torch computing on every core, none on a machine of two cores: measured in the README, Training)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(4, cores // world_size - 2))
 
 
 def aspect_groups(dataset: TrainingData, task: str) -> list[int] | None:
@@ -170,10 +190,12 @@ def _finish(
         "precision": precision.name,
         "seed": job.seed,
         "config": asdict(job.config),
+        "augmentation": describe(policy_named(job.config.augment), job.task),
         "final_loss": round(history[-1]["loss"], 4) if history else None,
         "init_from": str(job.init_from) if job.init_from else None,
         "init_scope": job.init_scope,
         "freeze_stages": job.freeze_stages,
+        "freeze_bn": job.freeze_bn,
         "run_dir": str(job.run_dir),
     }
     save_entry(job.out, manifest, state.model.state_dict())

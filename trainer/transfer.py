@@ -104,6 +104,33 @@ def freeze_stages(model: nn.Module, count: int) -> list[nn.Module]:
     return frozen
 
 
+# torchvision builds these with FrozenBatchNorm2d in the backbone once it loads weights (weights or
+# weights_backbone given); its FCNs and the *_v2 R-CNNs keep trainable BatchNorm.
+FROZEN_BN_ARCHS = frozenset({"fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+                             "fasterrcnn_mobilenet_v3_large_320_fpn"})  # fmt: skip
+FREEZE_BN = ("auto", "on", "off")
+
+
+def freeze_batch_norm(model: nn.Module, arch: str, init_from: Path | None, mode: str = "auto") -> list[nn.Module]:
+    """Freeze the backbone's BatchNorm layers (statistics and affine parameters), as FrozenBatchNorm2d
+    does: `on`, `off`, or `auto`, which follows torchvision (on for FROZEN_BN_ARCHS started from weights).
+
+    The layers stay BatchNorm2d (in eval mode, without gradients), so the state dict, and the store entry
+    the service loads, are the same as an unfrozen model's. Returns them for `train_mode`.
+    """
+    if mode not in FREEZE_BN:
+        raise ValueError(f"freeze-bn must be one of {', '.join(FREEZE_BN)}, not {mode!r}")
+    if mode == "off" or (mode == "auto" and (init_from is None or arch not in FROZEN_BN_ARCHS)):
+        return []
+    backbone = model.get_submodule("backbone")
+    body = backbone.get_submodule("body") if hasattr(backbone, "body") else backbone
+    norms: list[nn.Module] = [m for m in body.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.requires_grad_(False)
+    log.info("froze %d BatchNorm layers of the backbone (freeze-bn %s)", len(norms), mode)
+    return norms
+
+
 def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
     model.train()
     for module in frozen:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from torch import Tensor
 from torchvision.models.segmentation import FCN_ResNet50_Weights
 
 from models import Category
-from trainer.data import IGNORE, Target, TrainingData, hflip
+from trainer.data import IGNORE, Target, TrainingData
 
 # torchvision's VOC-label weights carry the 21 names (background first); reading them downloads nothing.
 VOC_NAMES: list[str] = list(FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"])
@@ -54,9 +53,9 @@ def read_categories(data: Path) -> list[Category]:
 
 
 class VocDataset(TrainingData):
-    """Images as uint8 CHW tensors with `{"mask": class map}` targets; `train=True` adds horizontal flips."""
+    """Images as uint8 CHW tensors with `{"mask": class map}` targets (training augments them: augment.py)."""
 
-    def __init__(self, data: Path | str, split: str, task: str, train: bool = False) -> None:
+    def __init__(self, data: Path | str, split: str, task: str) -> None:
         self.root = Path(data)
         if task != "segment":
             raise ValueError(f"{self.root} is a VOC segmentation dataset: it has class maps for `segment` only, "
@@ -66,7 +65,6 @@ class VocDataset(TrainingData):
             raise FileNotFoundError(f"no {split} split at {names}")
         self.names = [line.strip() for line in names.read_text().splitlines() if line.strip()]
         self.task = task
-        self.train = train
         self.categories = read_categories(self.root)
         self.num_classes = len(self.categories) + 1
 
@@ -94,7 +92,4 @@ class VocDataset(TrainingData):
         labels = self.semantic_truth(index)
         if labels.shape != image.shape[-2:]:
             raise ValueError(f"{self.names[index]}: class map {tuple(labels.shape)} != image {tuple(image.shape[-2:])}")
-        target = {"mask": labels, "image_id": torch.tensor(index)}
-        if self.train and random.random() < 0.5:
-            image, target = hflip(image, target)
-        return image, target
+        return image, {"mask": labels, "image_id": torch.tensor(index)}

@@ -42,7 +42,6 @@ def test_smoke_training_writes_an_entry_that_loads_and_predicts(shapes: Path, st
     manifest = read_manifest(store, task)
     assert manifest.trained["preset"] == "smoke"
     assert manifest.trained["steps"] > 0
-    assert manifest.trained["seconds"] < 60
     assert [c.name for c in manifest.categories] == ["circle", "square", "triangle"]
     assert "val" in manifest.metrics
     predictor = load_predictor(store, task)

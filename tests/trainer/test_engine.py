@@ -26,7 +26,7 @@ from trainer.sampling import EpochBatchSampler, batch_stream
 
 
 class CountingData:
-    """Item i is the scalar tensor i; counts the items it loads."""
+    """Item (epoch, i) is the scalar tensor i; counts the items it loads."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -35,9 +35,9 @@ class CountingData:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Target]:
         self.loads += 1
-        return torch.tensor(index), {}
+        return torch.tensor(key[1]), {}
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch() -> None:

@@ -51,7 +51,7 @@ def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_voc_layout_is_recognised_and_reads_class_indices(voc: Path) -> None:
-    dataset = open_dataset(voc, "train", "segment", train=False)
+    dataset = open_dataset(voc, "train", "segment")
     assert isinstance(dataset, VocDataset)
     assert len(dataset) == 6
     assert [(c.id, c.name) for c in dataset.categories] == [(1, "bar"), (2, "block")]
