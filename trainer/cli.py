@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--by", help="also report each value of this image field separately (e.g. background)")
 
     p = sub.add_parser("import-torchvision", help="wrap a torchvision .pth state dict into the store")
     p.add_argument("--task", choices=TASKS, required=True)
@@ -167,7 +168,7 @@ def _resumed_job(args: argparse.Namespace) -> TrainJob:
 def cmd_eval(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.task, resolve_device(args.device))
     dataset = open_dataset(args.data, args.split, args.task)
-    _emit(evaluate(predictor, dataset, limit=args.limit))
+    _emit(evaluate(predictor, dataset, limit=args.limit, by=args.by))
     return 0
 
 

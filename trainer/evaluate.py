@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from typing import Any
 
@@ -20,14 +21,34 @@ STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
 
 
 def evaluate(
-    predictor: Predictor, dataset: TrainingData, limit: int | None = None, batch_size: int = 4
+    predictor: Predictor, dataset: TrainingData, limit: int | None = None, batch_size: int = 4, by: str | None = None
 ) -> dict[str, Any]:
+    """COCO mAP or mIoU over the first `limit` images; with `by` (a key of the COCO image records, such as
+    the background kind the renderers record), the same figures for each value of it too, under "by_<key>"."""
     indices = list(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    groups = _groups(dataset, indices, by) if by else {}
     if predictor.task == "segment":
-        return _evaluate_segmentation(predictor, dataset, indices, batch_size)
+        return _evaluate_segmentation(predictor, dataset, indices, batch_size, groups, by)
     if not isinstance(dataset, CocoDataset):  # COCOeval scores against the dataset's own COCO annotations
         raise ValueError(f"{predictor.task} evaluation needs a COCO-format dataset")
-    return _evaluate_detection(predictor, dataset, indices, batch_size)
+    records = predict_records(predictor, dataset, indices, batch_size)
+    result = coco_metrics(dataset, records, [dataset.image_ids[i] for i in indices], predictor.task)
+    for name, members in groups.items():
+        ids = [dataset.image_ids[i] for i in members]
+        result.setdefault(f"by_{by}", {})[name] = coco_metrics(dataset, records, ids, predictor.task)
+    return result
+
+
+def _groups(dataset: TrainingData, indices: list[int], by: str) -> dict[str, list[int]]:
+    if not isinstance(dataset, CocoDataset):
+        raise ValueError(f"evaluating by {by!r} needs a COCO-format dataset")
+    groups: dict[str, list[int]] = {}
+    for i in indices:
+        value = dataset.coco.imgs[dataset.image_ids[i]].get(by)
+        if value is None:
+            raise ValueError(f"image {dataset.image_ids[i]} has no {by!r} field")
+        groups.setdefault(str(value), []).append(i)
+    return dict(sorted(groups.items()))
 
 
 def _batches(indices: list[int], size: int) -> list[list[int]]:
@@ -53,9 +74,10 @@ def detection_records(image_id: int, result: Detections) -> list[dict[str, Any]]
     return records
 
 
-def _evaluate_detection(
-    predictor: Predictor, dataset: CocoDataset, indices: list[int], batch_size: int
-) -> dict[str, Any]:
+def predict_records(
+    predictor: Predictor, dataset: CocoDataset, indices: list[int], batch_size: int = 4
+) -> list[dict[str, Any]]:
+    """COCO result records (bbox, score, and the mask's RLE for instances) of the predictor on these images."""
     records: list[dict[str, Any]] = []
     for chunk in _batches(indices, batch_size):
         images = [dataset.read_image(i) for i in chunk]
@@ -63,18 +85,28 @@ def _evaluate_detection(
         for i, result in zip(chunk, results, strict=True):
             assert isinstance(result, Detections)
             records.extend(detection_records(dataset.image_ids[i], result))
-    image_ids = [dataset.image_ids[i] for i in indices]
-    iou_types = ["bbox", "segm"] if predictor.task == "instances" else ["bbox"]
-    return {iou: _coco_stats(dataset, records, image_ids, iou) for iou in iou_types} | {"images": len(indices)}
+    return records
+
+
+def coco_metrics(
+    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], task: str
+) -> dict[str, Any]:
+    """COCOeval's bbox (and, for instances, segm) figures of `records` on these images of the dataset."""
+    iou_types = ["bbox", "segm"] if task == "instances" else ["bbox"]
+    return {iou: _coco_stats(dataset, records, image_ids, iou) for iou in iou_types} | {"images": len(image_ids)}
 
 
 def _coco_stats(
     dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], iou: str
 ) -> dict[str, float]:
+    if iou == "segm":
+        # Without a bbox, loadRes takes each result's area from its mask (with one, from the box: a thin
+        # diagonal mask would count as "large"), so COCOeval's small/medium/large split is by mask area.
+        records = [{k: v for k, v in r.items() if k != "bbox"} for r in records if "segmentation" in r]
     if not records:  # loadRes refuses an empty list; nothing detected scores zero
         return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval reports on stdout; we print JSON there
-        coco_dt = dataset.coco.loadRes(records)
+        coco_dt = dataset.coco.loadRes(copy.deepcopy(records))
         evaluator = COCOeval(dataset.coco, coco_dt, iou)
         evaluator.params.imgIds = image_ids
         evaluator.evaluate()
@@ -84,22 +116,35 @@ def _coco_stats(
 
 
 def _evaluate_segmentation(
-    predictor: Predictor, dataset: TrainingData, indices: list[int], batch_size: int
+    predictor: Predictor,
+    dataset: TrainingData,
+    indices: list[int],
+    batch_size: int,
+    groups: dict[str, list[int]],
+    by: str | None,
 ) -> dict[str, Any]:
     num_classes = predictor.manifest.num_classes
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    per_image: dict[int, torch.Tensor] = {}
     for chunk in _batches(indices, batch_size):
         images = [dataset.read_image(i) for i in chunk]
         results = predictor.predict(images)
         for i, result in zip(chunk, results, strict=True):
             assert isinstance(result, SemanticMap)
-            truth = dataset.semantic_truth(i).flatten()
-            predicted = result.labels.long().flatten()
-            valid = truth != IGNORE
-            confusion += torch.bincount(
-                truth[valid] * num_classes + predicted[valid], minlength=num_classes**2
-            ).reshape(num_classes, num_classes)
-    return segmentation_scores(confusion, dataset, len(indices))
+            per_image[i] = confusion_matrix(dataset.semantic_truth(i), result.labels, num_classes)
+    empty = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    scores = segmentation_scores(sum(per_image.values(), empty), dataset, len(indices))
+    for name, members in groups.items():
+        confusion = sum((per_image[i] for i in members), empty)
+        scores.setdefault(f"by_{by}", {})[name] = segmentation_scores(confusion, dataset, len(members))
+    return scores
+
+
+def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[true class, predicted class] pixel counts, pixels labelled IGNORE left out."""
+    truth, predicted = truth.flatten(), predicted.long().flatten()
+    valid = truth != IGNORE
+    counts = torch.bincount(truth[valid] * num_classes + predicted[valid], minlength=num_classes**2)
+    return counts.reshape(num_classes, num_classes)
 
 
 def segmentation_scores(confusion: torch.Tensor, dataset: TrainingData, images: int) -> dict[str, Any]:
