@@ -6,7 +6,7 @@ at reduced size passes the upload's size, and boxes, masks and label maps come b
 (predictors resize for their networks themselves, so every caller, the service and the trainer's
 evaluation alike, gets the same answer for the same picture). Results: boxes/labels/scores, instance masks
 (kept compact: see models/masks.py), or a label map. A batch is run as a few forward passes of similar
-shapes (models/shapes.py), never padded wastefully.
+shapes (models/shape_groups.py), never padded wastefully.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torchvision.models.detection.transform import resize_boxes
 from models.labelmaps import label_map
 from models.masks import InstanceMasks
 from models.registry import MAX_DETECTIONS, build_model
-from models.shapes import PaddingStats, Shape, group_by_shape
+from models.shape_groups import PaddingStats, Shape, group_by_shape
 from models.store import Manifest, StoreError, load_entry
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class SemanticMap:
     labels: Tensor  # uint8 (int32 past 256 classes) [H, W]; 0 is background
 
 
-Result = Detections | SemanticMap
+Result = Detections | SemanticMap  # what a predictor returns per image
 
 
 def check_image(image: Tensor) -> None:

@@ -130,7 +130,9 @@ for _name in (
 ):
     _input = {**RCNN_INPUT, "min_size": 320, "max_size": 640} if _name.endswith("320_fpn") else RCNN_INPUT
     register(ArchSpec("detect", _name, _no_weights(getattr(detection, _name)), _input))
-register(ArchSpec("detect", "fasterrcnn_small", small_faster_rcnn, SMALL_RCNN_INPUT, choices={"roi_op": ROI_OPS}))
+register(ArchSpec("detect", "fasterrcnn_small", small_faster_rcnn, SMALL_RCNN_INPUT,
+                  choices={"roi_op": ROI_OPS, "norm": (False, True)}))  # fmt: skip
 for _name in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
     register(ArchSpec("instances", _name, _no_weights(getattr(detection, _name)), RCNN_INPUT))
-register(ArchSpec("instances", "maskrcnn_small", small_mask_rcnn, SMALL_RCNN_INPUT, choices={"roi_op": ROI_OPS}))
+register(ArchSpec("instances", "maskrcnn_small", small_mask_rcnn, SMALL_RCNN_INPUT,
+                  choices={"roi_op": ROI_OPS, "norm": (False, True)}))  # fmt: skip

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -117,13 +117,16 @@ def _upsample_to(x: Tensor, like: Tensor) -> Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def tiny_fpn_backbone(widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, out_channels: int = 64) -> BackboneWithFPN:
+def tiny_fpn_backbone(
+    widths: tuple[int, int, int, int] = DEFAULT_WIDTHS, out_channels: int = 64, norm: bool = False
+) -> BackboneWithFPN:
     return BackboneWithFPN(
         TinyBackbone(widths),
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
         in_channels_list=list(widths[1:]),
         out_channels=out_channels,
         extra_blocks=LastLevelMaxPool(),
+        norm_layer=_norm_layer(norm),
     )
 
 
@@ -162,14 +165,26 @@ def _roi_pooler(roi_op: str, output_size: int) -> MultiScaleRoIAlign:
     return MultiScaleRoIAlign(["0", "1", "2"], output_size=output_size, sampling_ratio=2)
 
 
-def _small_rcnn_parts(out_channels: int, num_classes: int, roi_op: str) -> dict[str, Any]:
+def _norm_layer(norm: bool) -> type[nn.BatchNorm2d] | None:
+    return nn.BatchNorm2d if norm else None
+
+
+def _box_head(out_channels: int, representation: int, norm: bool) -> nn.Module:
+    """Two fully connected layers (Faster R-CNN), or with `norm` two BatchNorm'd 3x3 convs before one
+    (torchvision's v2 recipe, which "Rethinking ImageNet Pre-training" found needed to train from scratch)."""
+    if not norm:
+        return TwoMLPHead(out_channels * 7 * 7, representation)
+    return FastRCNNConvFCHead((out_channels, 7, 7), [out_channels] * 2, [representation], norm_layer=nn.BatchNorm2d)
+
+
+def _small_rcnn_parts(out_channels: int, num_classes: int, roi_op: str, norm: bool) -> dict[str, Any]:
     # Strides 8/16/32/64 with two sizes each cover shapes from ~20 px to the whole image.
     anchors = AnchorGenerator(sizes=((16, 24), (32, 48), (64, 96), (128, 192)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     representation = 256
     return {
         "rpn_anchor_generator": anchors,
         "box_roi_pool": _roi_pooler(roi_op, 7),
-        "box_head": TwoMLPHead(out_channels * 7 * 7, representation),
+        "box_head": _box_head(out_channels, representation, norm),
         "box_predictor": FastRCNNPredictor(representation, num_classes),
         # Training samples 300 proposals and 128 RoIs per image (torchvision: 2000 and 512). Halving both
         # made Mask R-CNN steps 2.3x faster but learn less per step: with the same steps, the quick chain's
@@ -183,21 +198,26 @@ def _small_rcnn_parts(out_channels: int, num_classes: int, roi_op: str) -> dict[
     }
 
 
-def small_faster_rcnn(num_classes: int, out_channels: int = 64, roi_op: str = "align", **kwargs: Any) -> FasterRCNN:
-    """`roi_op` picks how box features are cropped: "align" (RoIAlign) or "pool" (RoI max pooling)."""
-    parts = _small_rcnn_parts(out_channels, num_classes, roi_op)
-    return FasterRCNN(tiny_fpn_backbone(out_channels=out_channels), num_classes=None, **parts, **kwargs)
+def small_faster_rcnn(
+    num_classes: int, out_channels: int = 64, roi_op: str = "align", norm: bool = False, **kwargs: Any
+) -> FasterRCNN:
+    """`roi_op` picks how box features are cropped: "align" (RoIAlign) or "pool" (RoI max pooling);
+    `norm` puts BatchNorm in the FPN and the heads (entries without it load as before)."""
+    parts = _small_rcnn_parts(out_channels, num_classes, roi_op, norm)
+    return FasterRCNN(tiny_fpn_backbone(out_channels=out_channels, norm=norm), num_classes=None, **parts, **kwargs)
 
 
-def small_mask_rcnn(num_classes: int, out_channels: int = 64, roi_op: str = "align", **kwargs: Any) -> MaskRCNN:
-    """`roi_op` as for small_faster_rcnn, for both the box and the mask head."""
-    parts = _small_rcnn_parts(out_channels, num_classes, roi_op)
+def small_mask_rcnn(
+    num_classes: int, out_channels: int = 64, roi_op: str = "align", norm: bool = False, **kwargs: Any
+) -> MaskRCNN:
+    """`roi_op` and `norm` as for small_faster_rcnn, for the box and the mask head."""
+    parts = _small_rcnn_parts(out_channels, num_classes, roi_op, norm)
     mask_width = 64
     return MaskRCNN(
-        tiny_fpn_backbone(out_channels=out_channels),
+        tiny_fpn_backbone(out_channels=out_channels, norm=norm),
         num_classes=None,
         mask_roi_pool=_roi_pooler(roi_op, 14),
-        mask_head=MaskRCNNHeads(out_channels, (mask_width,) * 4, dilation=1),
+        mask_head=MaskRCNNHeads(out_channels, (mask_width,) * 4, dilation=1, norm_layer=_norm_layer(norm)),
         mask_predictor=MaskRCNNPredictor(mask_width, mask_width, num_classes),
         **parts,
         **kwargs,

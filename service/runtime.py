@@ -29,7 +29,7 @@ from typing import Protocol
 import anyio
 import torch
 
-from models import Acceleration, Detections, Manifest, Query, SemanticMap, load_predictor
+from models import Acceleration, Manifest, Query, Result, SemanticMap, load_predictor
 from models.devices import resolve_device
 from service import responses
 from service.batching import Batcher
@@ -42,8 +42,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 _PR_SET_NAME = 15  # prctl option, from <linux/prctl.h>
-
-Result = Detections | SemanticMap
 
 
 class ServedModel(Protocol):

@@ -27,7 +27,7 @@ from trainer.transfer import FREEZE_BN, INIT_SCOPES
 
 LAYOUTS = ("COCO layout: images/ and annotations/{train,val}.json; or VOC layout (segment only): JPEGImages/, "
            "SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")  # fmt: skip
-ARCH_CHOICES = ("roi_op", "skips")
+ARCH_CHOICES = ("roi_op", "skips", "norm")
 # What a resumed run takes from its run.json rather than from the command line.
 JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "seed", "augment", "init_from",
              "init_scope", "freeze_stages", "freeze_bn", *ARCH_CHOICES, "run_dir", "checkpoint_every")  # fmt: skip
@@ -72,6 +72,7 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    "as torchvision does when it loads weights (R-CNN ResNet-50/MobileNet v1 builders)")  # fmt: skip
     g = p.add_argument_group("ablations (recorded as architecture options)")
     g.add_argument("--roi-op", choices=ROI_OPS, help="RoIAlign or RoI max pooling in the small R-CNNs' heads")
+    g.add_argument("--norm", action=argparse.BooleanOptionalAction, help="BatchNorm in the small R-CNNs' FPN and heads")
     g.add_argument("--skips", choices=SKIPS, help="FCN-32s, -16s or -8s (fcn_small)")
     g = p.add_argument_group("run folder")
     g.add_argument("--run-dir", type=Path, help="for metrics.csv, checkpoint.pt, plots (artifacts/runs/<task>-<UTC>)")

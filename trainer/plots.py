@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from models import Detections, Predictor, Query, SemanticMap
+from models import Predictor, Query, Result, SemanticMap
 from trainer.data import TrainingData
 from trainer.voc import voc_colormap
 
@@ -73,7 +73,7 @@ def save_val_overlay(predictor: Predictor, dataset: TrainingData, path: Path, co
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def draw_result(image: Tensor, result: Detections | SemanticMap, names: dict[int, str]) -> Tensor:
+def draw_result(image: Tensor, result: Result, names: dict[int, str]) -> Tensor:
     if isinstance(result, SemanticMap):
         ids = [int(i) for i in result.labels.unique() if i != 0]
         if ids:

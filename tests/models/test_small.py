@@ -93,3 +93,27 @@ def test_recorded_options_rebuild_the_same_network(tmp_path: Path) -> None:
                         input=dict(spec.input), options=options)  # fmt: skip
     save_entry(tmp_path, manifest, model.state_dict())
     assert isinstance(load_predictor(tmp_path, "detect").model.roi_heads.box_roi_pool, MultiScaleRoIPool)
+
+
+@pytest.mark.parametrize("task", ["detect", "instances"])
+def test_rcnn_norm_option_puts_batch_norm_in_the_fpn_and_heads_and_reloads(task: str, tmp_path: Path) -> None:
+    spec = get_arch(task, "fasterrcnn_small" if task == "detect" else "maskrcnn_small")
+    options = spec.with_choices(norm=True)
+    model = build_model(task, spec.name, 4, **options)
+    plain = spec.build(4)
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    plain_norms = {n for n, m in plain.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    added = {name.split(".")[0] + "." + name.split(".")[1] for name in norms - plain_norms}
+    expected = {"backbone.fpn", "roi_heads.box_head"} | ({"roi_heads.mask_head"} if task == "instances" else set())
+    assert added == expected
+    mask = torch.zeros(1, 120, 160, dtype=torch.uint8)
+    mask[:, 20:60, 30:90] = 1
+    target = {"boxes": torch.tensor([[30.0, 20, 90, 60]]), "labels": torch.tensor([1]), "masks": mask}
+    losses = model([torch.rand(3, 120, 160), torch.rand(3, 120, 160)], [target, target])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    manifest = Manifest(task=task, arch=spec.name, num_classes=4, categories=[Category(1, "a")],
+                        input=dict(spec.input), options=options)  # fmt: skip
+    save_entry(tmp_path, manifest, model.state_dict())
+    loaded = load_predictor(tmp_path, task).model
+    assert loaded.state_dict().keys() == model.state_dict().keys() != plain.state_dict().keys()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models import Query, SemanticMap, load_predictor
-from models.shapes import group_by_shape, padded_pixels, padding_waste
+from models.shape_groups import group_by_shape, padded_pixels, padding_waste
 
 
 def test_landscape_and_portrait_images_run_in_separate_passes() -> None:
