@@ -13,9 +13,9 @@ What counts as a target (the same rules for train and val):
 - two touching shapes differ in colour by at least TOUCH_CONTRAST (RGB distance): solid shapes of one colour
   would merge into one region no annotation could split fairly;
 - a shape whose colour is within MIN_CONTRAST (the median RGB distance to the pixels just around its
-  outline) of its surroundings is drawn but annotated `iscrowd: 1`: ignored by COCOeval and by the losses
-  (R-CNN targets drop it, segmentation marks it 255), since it is barely visible; every other shape is a
-  target, however little it stands out.
+  outline) of its surroundings is drawn but annotated `iscrowd: 1`: ignored by COCOeval and by the FCN's
+  loss (255), since it is barely visible; R-CNN targets drop it (torchvision's losses have no ignore
+  regions, so there it counts as background); every other shape is a target, however little it stands out.
 """
 
 from __future__ import annotations
