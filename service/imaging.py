@@ -118,10 +118,14 @@ def decode_image(data: bytes, limits: Limits | int) -> DecodedImage:
             width, height = image.size[::-1] if swap else image.size
             target = fit_within(width, height, limits.max_side)
             stored = target[::-1] if swap else target  # the target in the file's own orientation
+            box = None
             if fmt == "JPEG" and target != (width, height):
-                # Decode at 1/2, 1/4 or 1/8 scale when that still leaves at least the target size.
-                image.draft(None, stored)
-            return DecodedImage(to_tensor(image, stored, orientation), fmt, width, height)
+                # Decode at 1/2, 1/4 or 1/8 scale when that still leaves at least the target size. The
+                # scaled image is rounded up to whole pixels (ceil(W / s)); `box` is where the upload lies
+                # in it, so resizing that box, not the padded whole, keeps coordinates in place.
+                drafted = image.draft(None, stored)
+                box = drafted[1] if drafted is not None else None
+            return DecodedImage(to_tensor(image, stored, orientation, box), fmt, width, height)
     except ApiError:
         raise
     except Image.DecompressionBombError as exc:
@@ -157,11 +161,17 @@ def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def to_tensor(image: Image.Image, size: tuple[int, int] | None = None, orientation: int = 1) -> torch.Tensor:
+def to_tensor(
+    image: Image.Image,
+    size: tuple[int, int] | None = None,
+    orientation: int = 1,
+    box: tuple[float, float, float, float] | None = None,
+) -> torch.Tensor:
     """Any Pillow mode to RGB uint8 [3, H, W]; greys scaled, not clipped.
 
-    `size` (w, h) resizes, then the EXIF `orientation` is applied: shrinking first means a large upload
-    is copied at full size at most once (to RGB, and not even that when it is RGB already).
+    `size` (w, h) resizes (the region `box` of the image, when given: Pillow's draft box), then the EXIF
+    `orientation` is applied: shrinking first means a large upload is copied at full size at most once
+    (to RGB, and not even that when it is RGB already).
     """
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         gray = np.asarray(image).astype(np.float32)
@@ -172,9 +182,11 @@ def to_tensor(image: Image.Image, size: tuple[int, int] | None = None, orientati
         image = image.convert("RGBA")
     if image.mode != "RGB":
         image = image.convert("RGB")
-    if size is not None and image.size != size:
+    if box is not None and box == (0, 0, *image.size):
+        box = None
+    if size is not None and (image.size != size or box is not None):
         # Pillow's resampling widens its filter when shrinking (antialiasing), on uint8, in C.
-        image = image.resize(size, Image.Resampling.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR, box=box)
     if orientation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[orientation])
     # copy(): CHW order, and writable (Pillow's buffer is read-only, which torch warns about).
