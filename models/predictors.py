@@ -11,6 +11,7 @@ shapes (models/shape_groups.py), never padded wastefully.
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -170,10 +171,12 @@ class DetectionPredictor(Predictor):
             roi_heads.detections_per_img = min(count, roi_heads.detections_per_img)
 
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query], frames: Sequence[Frame]) -> list[Result]:
-        outputs = self._forward([self._to_device(img) for img in images], frames)
+        outputs = self._forward([self._to_device(img) for img in images], queries, frames)
         return [self._select(out, q, frame) for out, q, frame in zip(outputs, queries, frames, strict=True)]
 
-    def _forward(self, images: list[Tensor], frames: Sequence[Frame]) -> list[dict[str, Tensor]]:
+    def _forward(
+        self, images: list[Tensor], queries: Sequence[Query], frames: Sequence[Frame]
+    ) -> list[dict[str, Tensor]]:
         """torchvision's GeneralizedRCNN.forward in eval mode, minus pasting each mask into a full-size
         image: masks stay [N, 1, M, M] probabilities over their boxes (boxes in the frame's pixels, as
         torchvision maps them back to the original image's)."""
@@ -185,10 +188,22 @@ class DetectionPredictor(Predictor):
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
         proposals, _ = model.rpn(batch, features)
-        outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        outputs, _ = self._roi_heads(queries)(features, proposals, batch.image_sizes)
         for output, resized, frame in zip(outputs, batch.image_sizes, frames, strict=True):
             output["boxes"] = resize_boxes(output["boxes"], resized, list(frame))
         return outputs
+
+    def _roi_heads(self, queries: Sequence[Query]) -> nn.Module:
+        """The box (and mask) heads, with their score floor (SCORE_FLOOR) lowered to the lowest threshold a
+        query of this batch asks for, so that `score_threshold=0.01` means what it says. A shallow copy: a
+        batch of the same model on another inference thread keeps the floor, and the weights are shared."""
+        heads: Any = self.model.roi_heads  # torchvision's RoIHeads
+        lowest = min(query.score_threshold for query in queries)
+        if lowest >= heads.score_thresh:
+            return cast(nn.Module, heads)
+        heads = copy.copy(heads)
+        heads.score_thresh = lowest
+        return cast(nn.Module, heads)
 
     def _select(self, output: dict[str, Tensor], query: Query, frame: Frame) -> Detections:
         scores = output["scores"]

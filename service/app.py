@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from service import probes
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
-from service.routes import ROUTERS
+from service.routes import ROUTERS, STRICT_QUERY
 from service.runtime import Loader, Runtime
 from service.security import UNAUTHORIZED, api_key_dependency
 from service.settings import Settings
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     guard = [api_key_dependency(settings.api_key)] if settings.api_key else []
     errors = UNAUTHORIZED if settings.api_key else {}
     for router in [ROUTERS[task] for task in settings.tasks] + [probes.catalog_router]:
-        app.include_router(router, dependencies=guard, responses=errors)
+        app.include_router(router, dependencies=[*guard, STRICT_QUERY], responses=errors)
     app.include_router(probes.router)
     install_error_handlers(app)
     _document_optional_parameters_plainly(app)

@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
+# nginx's code for "client closed request": the client never reads it, the metrics and the log do.
+CLIENT_GONE = 499
+
 
 class ApiError(Exception):
     """An error meant for the client: status, stable machine-readable code, human message."""
@@ -40,6 +43,10 @@ def unsupported(message: str) -> ApiError:
 
 def invalid_parameter(message: str) -> ApiError:
     return ApiError(422, "invalid_parameter", message)
+
+
+def client_gone(message: str) -> ApiError:
+    return ApiError(CLIENT_GONE, "client_disconnected", message)
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -31,14 +31,12 @@ from service.admission import (
     WorkerDiedError,
 )
 from service.batching import Completed
-from service.errors import ApiError
+from service.errors import ApiError, client_gone
 from service.imaging import DecodedImage, decode_image
 from service.runtime import Answer, Job, Runtime, TaskModel
 from service.uploads import read_image_bytes
 
 log = logging.getLogger(__name__)
-
-CLIENT_GONE = 499  # nginx's code for "client closed request"; nobody reads it, the metrics do
 
 
 def queue_full(task: str, retry_after_s: float) -> ApiError:
@@ -90,7 +88,7 @@ async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, 
         if client_left:  # or this handler was cancelled: either way the batcher skips the item
             result.cancel()
     if client_left:
-        raise ApiError(CLIENT_GONE, "client_disconnected", "the client went away while its image was queued")
+        raise client_gone("the client went away while its image was queued")
     try:
         return result.result()
     except DeadlineExceededError:

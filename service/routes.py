@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -57,7 +59,14 @@ async def request_timeout(
 
 
 TimeoutDep = Annotated[float, Depends(request_timeout)]
-ScoreThreshold = Annotated[float, Query(ge=0, le=1, description="Drop detections scoring below this.")]
+ScoreThreshold = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=1,
+        description="Drop detections scoring below this; below 0.05 the model keeps lower-scoring candidates too.",
+    ),
+]
 MaxDetections = Annotated[
     int, Query(ge=1, le=MAX_DETECTIONS, description="Keep the best N (at most the server's MAX_DETECTIONS).")
 ]
@@ -76,7 +85,7 @@ _ERRORS = {
     400: "Undecodable, truncated or empty image, or malformed upload.",
     413: "Upload over the byte limit, or image over the pixel limit.",
     415: "Content type or image format other than JPEG, PNG or WEBP, or an animated / multi-frame file.",
-    422: "Bad query parameter (the message lists valid class names), or an extreme aspect ratio.",
+    422: "Bad or unknown query parameter (the message lists the valid ones), or an extreme aspect ratio.",
     429: "Queue full, or too slow for the request's timeout; retry after the Retry-After header's seconds.",
     503: "Model not loaded and warmed yet, shutting down, or its batching worker stopped.",
     504: "No result within the request timeout.",
@@ -102,6 +111,29 @@ _DOC: dict[str, Any] = {
         }
     },
 }
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query_only(request: Request) -> None:
+    """422 for a query parameter the endpoint does not take: a typo (`max_detection=5`) must not pass unseen."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params:
+        return
+    valid = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - valid)
+    if unknown:
+        shown = ", ".join(repr(name) for name in unknown)
+        raise invalid_parameter(f"unknown query parameter {shown}; {route.path} takes: {', '.join(sorted(valid))}")
+
+
+# On every inference route and /models (not on the probes: a monitor's cache-buster must not fail a probe).
+STRICT_QUERY = Depends(known_query_only)
 
 segment_router = APIRouter(tags=["inference"])
 detect_router = APIRouter(tags=["inference"])

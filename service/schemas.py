@@ -5,9 +5,10 @@ Coordinates are pixels of the uploaded image after EXIF orientation; boxes are [
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Real answers (a 320x240 image; masks are real COCO RLE), shown as the examples in the OpenAPI docs.
 _MODEL = {"task": "instances", "name": "maskrcnn_small", "version": "3f2a9c0d1b7e"}
@@ -156,8 +157,25 @@ class ManifestInfo(BaseModel):
     input: dict[str, Any]
     options: dict[str, Any]
     metrics: dict[str, Any]
-    trained: dict[str, Any]
+    trained: dict[str, Any] = Field(description="How it was trained; file paths are shown by their last part only.")
     format: int
+
+    @field_validator("trained")
+    @classmethod
+    def _hide_paths(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The trainer records where it ran (dataset, run_dir, init_from): the training machine's layout is
+        # no business of an anonymous caller. The full manifest stays in the model store for operators.
+        return {key: _last_part(item) for key, item in value.items()}
+
+
+def _last_part(value: Any) -> Any:
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return PurePath(value.replace("\\", "/")).name
+    if isinstance(value, dict):
+        return {key: _last_part(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_last_part(item) for item in value]
+    return value
 
 
 class ModelList(BaseModel):

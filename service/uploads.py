@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
-from service.errors import ApiError, bad_image, too_large, unsupported
+from service.errors import ApiError, bad_image, client_gone, too_large, unsupported
 
 RAW_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/webp"})
 MULTIPART = "multipart/form-data"
@@ -70,7 +70,7 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     except _BodyTooLarge:
         raise too_large(f"the upload exceeds the limit of {max_bytes} bytes") from None
     except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away during the upload") from None
+        raise client_gone("the client went away during the upload") from None
     if len(data) > max_bytes:
         raise too_large(f"the image is {len(data)} bytes; the limit is {max_bytes}")
     if not data:

@@ -8,6 +8,7 @@ from torchvision.models import detection, segmentation
 
 from models import Category, Detections, Query, StoreError, load_predictor, read_manifest
 from models.checkpoints import import_torchvision_checkpoint
+from models.registry import SCORE_FLOOR
 
 
 def test_imported_fasterrcnn_matches_torchvision_exactly(tmp_path: Path) -> None:
@@ -21,7 +22,7 @@ def test_imported_fasterrcnn_matches_torchvision_exactly(tmp_path: Path) -> None
     image = torch.randint(0, 256, (3, 180, 260), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = reference([image.float() / 255])[0]
-    (result,) = predictor.predict([image], [Query(score_threshold=0.0)])
+    (result,) = predictor.predict([image], [Query(score_threshold=SCORE_FLOOR)])  # torchvision's own floor
     assert isinstance(result, Detections)
     assert len(expected["boxes"]) > 0
     assert torch.equal(result.boxes, expected["boxes"])

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from models import Detections, InstanceMasks, Query, Region, load_predictor, run_lengths
+from models.registry import SCORE_FLOOR
 
 
 def _coco_counts(mask: Tensor) -> np.ndarray:
@@ -89,7 +90,7 @@ def test_predictor_masks_are_torchvisions_own_forward_bit_for_bit(random_store: 
     predictor = load_predictor(random_store, "instances")
     torch.manual_seed(3)
     image = torch.randint(0, 256, (3, 150, 230), dtype=torch.uint8)
-    ours = predictor.predict([image], [Query(score_threshold=0.0, mask_threshold=0.3)])[0]
+    ours = predictor.predict([image], [Query(score_threshold=SCORE_FLOOR, mask_threshold=0.3)])[0]
     with torch.inference_mode():
         reference = predictor.model([image.float() / 255])[0]
     assert isinstance(ours, Detections)
