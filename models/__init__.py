@@ -3,6 +3,7 @@
 Pure torch/torchvision: nothing here imports fastapi, pydantic, `service` or `trainer`.
 """
 
+from models.history import save_entry
 from models.masks import InstanceMasks, Region, run_lengths
 from models.predictors import (
     Acceleration,
@@ -15,7 +16,7 @@ from models.predictors import (
     make_predictor,
 )
 from models.registry import DEFAULT_ARCH, TASKS, Task, arch_names, build_model, get_arch
-from models.store import Category, Manifest, StoreError, load_entry, read_manifest, save_entry
+from models.store import Category, Manifest, StoreError, load_entry, read_manifest
 
 __all__ = [
     "DEFAULT_ARCH",

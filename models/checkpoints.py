@@ -9,8 +9,9 @@ from torch import Tensor
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.segmentation import FCN_ResNet50_Weights
 
+from models.history import DEFAULT_KEEP, save_entry
 from models.registry import build_model, get_arch
-from models.store import Category, Manifest, StoreError, read_torchvision_checkpoint, save_entry
+from models.store import Category, Manifest, StoreError, read_torchvision_checkpoint
 
 
 def infer_num_classes(task: str, state_dict: dict[str, Tensor]) -> int:
@@ -27,6 +28,7 @@ def import_torchvision_checkpoint(
     weights: Path | str,
     store: Path | str,
     categories: Sequence[Category] | None = None,
+    keep: int = DEFAULT_KEEP,
 ) -> Path:
     """Wrap a `.pth` state dict into `store/<task>/`; categories default to COCO's when the sizes match."""
     spec = get_arch(task, arch)
@@ -50,7 +52,7 @@ def import_torchvision_checkpoint(
         options=options,
         trained={"dataset": "imported", "source": str(Path(weights).name)},
     )
-    return save_entry(store, manifest, model.state_dict())
+    return save_entry(store, manifest, model.state_dict(), keep)
 
 
 def _default_categories(task: str, num_classes: int) -> list[Category]:

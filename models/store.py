@@ -2,15 +2,18 @@
 
 Weights are never pickled. The only unpickling path in the project is `read_torchvision_checkpoint`,
 which goes through `torch.load(weights_only=True)` and is used when importing a user's checkpoint.
+Publishing an entry, the versions kept when it is replaced, and promoting one back: history.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,11 +77,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tensor]) -> Path:
-    """Write `store/<task>/` atomically: a complete temp folder is renamed into place."""
+def stage_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tensor]) -> Path:
+    """Write a complete entry into a new temp folder inside `store` (the same filesystem, so that it can be
+    renamed into place); sets the manifest's sha256 and version. history.save_entry publishes it."""
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
-    final = store / manifest.task
     tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.task}.", dir=store))
     try:
         weights = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -90,56 +93,81 @@ def save_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tens
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return tmp
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    # rename() cannot replace a non-empty folder, so the old entry steps aside first; a reader sees
-    # either the old complete entry, no entry, or the new complete entry, never a half-written one.
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+@contextlib.contextmanager
+def _pinned(folder: Path) -> Iterator[Path]:
+    """`folder` as it is now, even if a writer swaps another entry into its place meanwhile: on Linux a
+    path through an open descriptor (/proc/self/fd/N), so that the manifest and the weights read belong
+    to one entry. Elsewhere, or when the folder is missing, the plain path (whose reads then say why)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield folder
+        return
+    try:
+        pinned = Path(f"/proc/self/fd/{fd}")
+        yield pinned if pinned.is_dir() else folder
+    finally:
+        os.close(fd)
 
 
 def read_manifest(store: Path | str, task: str) -> Manifest:
-    path = Path(store) / task / MANIFEST_FILE
+    return read_entry_manifest(Path(store) / task, task)
+
+
+def read_entry_manifest(folder: Path, task: str, shown: Path | None = None) -> Manifest:
+    """The manifest of the entry in `folder` (served or kept); `shown` is the path error messages name."""
+    shown = shown or folder
+    path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise StoreError(f"no model for task {task!r} in {Path(store)} (missing {path})")
+        raise StoreError(f"no model for task {task!r} in {shown.parent} (missing {shown / MANIFEST_FILE})")
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"cannot read {path}: {exc}") from exc
+        raise StoreError(f"cannot read {shown / MANIFEST_FILE}: {exc}") from exc
     manifest = Manifest.from_json(data)
     if manifest.task != task:
-        raise StoreError(f"{path} describes task {manifest.task!r}, not {task!r}")
+        raise StoreError(f"{shown / MANIFEST_FILE} describes task {manifest.task!r}, not {task!r}")
+    return manifest
+
+
+def check_weights(folder: Path, manifest: Manifest, shown: Path | None = None) -> None:
+    """Refuse weights whose sha256 differs from the manifest's."""
+    weights, shown_weights = folder / WEIGHTS_FILE, (shown or folder) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise StoreError(f"missing {shown_weights}")
+    actual = sha256_file(weights)
+    if actual != manifest.sha256:
+        raise StoreError(
+            f"checksum mismatch for {shown_weights}: manifest says {manifest.sha256[:12]}…, file is {actual[:12]}…; "
+            "the weights were modified or corrupted; re-export or re-import them"
+        )
+
+
+def verify_entry(folder: Path, task: str) -> Manifest:
+    """The manifest of a complete, intact entry in `folder`; StoreError says what is wrong otherwise."""
+    with _pinned(folder) as pinned:
+        manifest = read_entry_manifest(pinned, task, shown=folder)
+        check_weights(pinned, manifest, shown=folder)
     return manifest
 
 
 def load_entry(store: Path | str, task: str) -> tuple[Manifest, dict[str, Tensor]]:
-    """Read a store entry, refusing weights whose sha256 differs from the manifest's."""
-    manifest = read_manifest(store, task)
-    weights = Path(store) / task / WEIGHTS_FILE
-    if not weights.is_file():
-        raise StoreError(f"missing {weights}")
-    actual = sha256_file(weights)
-    if actual != manifest.sha256:
-        raise StoreError(
-            f"checksum mismatch for {weights}: manifest says {manifest.sha256[:12]}…, file is {actual[:12]}…; "
-            "the weights were modified or corrupted; re-export or re-import them"
-        )
-    try:
-        return manifest, load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise StoreError(f"cannot read {weights}: {exc}") from exc
+    """Read a store entry, refusing weights whose sha256 differs from the manifest's. Manifest and weights
+    come from one entry even while a writer replaces it."""
+    folder = Path(store) / task
+    with _pinned(folder) as pinned:
+        manifest = read_entry_manifest(pinned, task, shown=folder)
+        check_weights(pinned, manifest, shown=folder)
+        try:
+            return manifest, load_file(str(pinned / WEIGHTS_FILE))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise StoreError(f"cannot read {folder / WEIGHTS_FILE}: {exc}") from exc
 
 
 def read_torchvision_checkpoint(path: Path | str) -> dict[str, Tensor]:

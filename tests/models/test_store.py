@@ -36,7 +36,7 @@ def test_round_trip_keeps_weights_and_manifest(tmp_path: Path) -> None:
     assert loaded.version == loaded.sha256[:12]
     assert json.loads((tmp_path / "detect" / "manifest.json").read_text())["format"] == 1
     assert "roi_heads.box_predictor.cls_score.weight" in state_dict
-    assert [p.name for p in tmp_path.iterdir()] == ["detect"]  # no temp folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "detect"]  # no temp folders left behind
 
 
 def test_overwrite_replaces_entry_atomically(tmp_path: Path) -> None:
@@ -44,7 +44,9 @@ def test_overwrite_replaces_entry_atomically(tmp_path: Path) -> None:
     second = save_random_model(tmp_path, "segment", seed=1)
     assert first.sha256 != second.sha256
     assert read_manifest(tmp_path, "segment").sha256 == second.sha256
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["segment"]
+    # The replaced entry is kept for `trainer promote` (tests/models/test_history.py); no temp folder is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".history", ".lock", "segment"]
+    assert [p.name for p in (tmp_path / ".history" / "segment").iterdir()] == [first.version]
 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
