@@ -6,6 +6,7 @@ which goes through `torch.load(weights_only=True)` and is used when importing a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,8 +75,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask, read without changing it (os.umask can only swap it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: swap and restore (a thread creating a file meanwhile gets 022)
+    os.umask(mask)
+    return mask
+
+
 def save_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tensor]) -> Path:
-    """Write `store/<task>/` atomically: a complete temp folder is renamed into place."""
+    """Write `store/<task>/` atomically: a complete temp folder is renamed into place.
+
+    The entry gets the modes any new file would (umask 022: folder 0755, files 0644), so that a service
+    running as another user, such as the container's uid 10001 with the store mounted, can read it.
+    mkdtemp makes the folder 0700 and safetensors writes the weights 0600, hence the chmods.
+    """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     final = store / manifest.task
@@ -89,7 +106,10 @@ def save_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tens
             json.dump(manifest.to_json(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        mask = _umask()
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE):
+            os.chmod(path, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         _swap_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
