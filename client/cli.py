@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -41,9 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser("probe", help="exit 0 if an endpoint answers 200 (for health checks)")
     probe.add_argument("path", nargs="?", default="/readyz", help="endpoint (default /readyz)")
-    probe.add_argument("--url", default=DEFAULT_URL, help=f"service address (default {DEFAULT_URL})")
+    probe.add_argument(
+        "--url",
+        default=local_service_url(os.environ),
+        help=f"service address (default: the service's own DENSEPRED_HOST and DENSEPRED_PORT, else {DEFAULT_URL})",
+    )
     probe.add_argument("--timeout", type=float, default=3.0)
     return parser
+
+
+def local_service_url(environ: Mapping[str, str]) -> str:
+    """The address a service started with this environment listens on, as seen from its own machine.
+
+    A container's HEALTHCHECK runs `densepred probe` with the service's environment, so a service told
+    to listen on another port (or interface) is still found. A wildcard bind is reached on loopback.
+    """
+    default = urlsplit(DEFAULT_URL)
+    host = environ.get("DENSEPRED_HOST", "").strip() or str(default.hostname)
+    port = environ.get("DENSEPRED_PORT", "").strip() or str(default.port)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:

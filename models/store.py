@@ -77,6 +77,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask, read without changing it (os.umask can only swap it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: swap and restore (a thread creating a file meanwhile gets 022)
+    os.umask(mask)
+    return mask
+
+
 def stage_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Tensor]) -> Path:
     """Write a complete entry into a new temp folder inside `store` (the same filesystem, so that it can be
     renamed into place); sets the manifest's sha256 and version. history.save_entry publishes it."""
@@ -92,7 +103,13 @@ def stage_entry(store: Path | str, manifest: Manifest, state_dict: dict[str, Ten
             json.dump(manifest.to_json(), f, indent=2)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        # The modes any new file would get (umask 022: folder 0755, files 0644), so that a service running
+        # as another user (the container's uid 10001, the store mounted) can read it; mkdtemp makes the
+        # folder 0700 and safetensors writes the weights 0600.
+        mask = _umask()
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE):
+            os.chmod(path, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

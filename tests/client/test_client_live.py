@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -17,6 +19,7 @@ from processes import Service, free_port
 from processes import service as service_process
 
 from client import DensepredClient, DensepredError
+from client.cli import local_service_url
 from client.overlay import open_image, render_overlay
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
@@ -39,8 +42,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DENSEPRED, *args], capture_output=True, text=True, timeout=120)
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DENSEPRED, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_client_predicts_each_task(live_service: Service, photo: Path) -> None:
@@ -124,6 +127,34 @@ def test_probe_exit_status_follows_the_endpoint(live_service: Service) -> None:
     assert _run("probe", "--url", f"http://127.0.0.1:{free_port()}").returncode == 1
     # The same check the Dockerfile's HEALTHCHECK makes, via httpx for comparison.
     assert httpx.get(f"{live_service.url}/healthz").status_code == 200
+
+
+def test_probe_finds_the_service_where_its_own_settings_put_it(live_service: Service) -> None:
+    # A HEALTHCHECK runs with the container's environment: a service moved to another port stays healthy.
+    port = urlsplit(live_service.url).port
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("DENSEPRED_")}
+    here = {**bare, "DENSEPRED_HOST": "0.0.0.0", "DENSEPRED_PORT": str(port)}
+    assert _run("probe", "/healthz", env=here).returncode == 0
+    elsewhere = {**here, "DENSEPRED_PORT": str(free_port())}
+    refused = _run("probe", "/healthz", env=elsewhere)
+    assert refused.returncode == 1
+    assert f"127.0.0.1:{elsewhere['DENSEPRED_PORT']}" in refused.stderr
+    assert _run("probe", "/healthz", "--url", live_service.url, env=elsewhere).returncode == 0  # --url wins
+
+
+@pytest.mark.parametrize(
+    ("environ", "url"),
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"DENSEPRED_PORT": "9001"}, "http://127.0.0.1:9001"),
+        ({"DENSEPRED_HOST": "0.0.0.0", "DENSEPRED_PORT": "8000"}, "http://127.0.0.1:8000"),
+        ({"DENSEPRED_HOST": "::"}, "http://[::1]:8000"),
+        ({"DENSEPRED_HOST": "fd00::5", "DENSEPRED_PORT": "81"}, "http://[fd00::5]:81"),
+        ({"DENSEPRED_HOST": "10.1.2.3", "DENSEPRED_PORT": " "}, "http://10.1.2.3:8000"),
+    ],
+)
+def test_probe_address_from_the_service_settings(environ: dict[str, str], url: str) -> None:
+    assert local_service_url(environ) == url
 
 
 def test_api_key_travels_with_the_client_and_the_command(

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from models import StoreError, load_entry, load_predictor, read_manifest
 from models.checkpoints import import_torchvision_checkpoint
-from models.store import WEIGHTS_FILE, read_torchvision_checkpoint, sha256_file
+from models.store import MANIFEST_FILE, WEIGHTS_FILE, read_torchvision_checkpoint, sha256_file
 from tests.conftest import save_random_model
 
 
@@ -37,6 +39,21 @@ def test_round_trip_keeps_weights_and_manifest(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "detect" / "manifest.json").read_text())["format"] == 1
     assert "roi_heads.box_predictor.cls_score.weight" in state_dict
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "detect"]  # no temp folders left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_entry_gets_the_modes_of_the_umask(tmp_path: Path, umask: int) -> None:
+    # 0600 weights under umask 022 kept the container's uid 10001 from reading a mounted store.
+    previous = os.umask(umask)
+    try:
+        save_random_model(tmp_path, "segment")
+        save_random_model(tmp_path, "segment", seed=1)  # replacing an entry too
+    finally:
+        os.umask(previous)
+    entry = tmp_path / "segment"
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~umask
+    for name in (WEIGHTS_FILE, MANIFEST_FILE):
+        assert stat.S_IMODE((entry / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_overwrite_replaces_entry_atomically(tmp_path: Path) -> None:
