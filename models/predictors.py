@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import resize_boxes
 
+from models.acceleration import Acceleration, autocast_dtype, prepare_model
 from models.labelmaps import label_map
 from models.masks import InstanceMasks
 from models.registry import MAX_DETECTIONS, build_model
@@ -34,17 +35,7 @@ from models.store import Manifest, StoreError, load_entry
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16", "bf16"]
 Frame = tuple[int, int]  # (height, width) of the picture results refer to
-_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Acceleration:
-    """How a model runs on a CUDA device; on a CPU both are ignored (autocast there is slower, not faster)."""
-
-    precision: Precision = "fp32"  # fp16/bf16: autocast the forward pass (weights stay fp32)
-    channels_last: bool = False  # NHWC memory layout, which tensor cores prefer for convolutions
 
 
 @dataclass(frozen=True)
@@ -94,19 +85,20 @@ class Predictor(ABC):
         if manifest.task != self.task:
             raise ValueError(f"{type(self).__name__} serves {self.task!r}, manifest is for {manifest.task!r}")
         self.device = torch.device(device)
-        self.acceleration = acceleration or Acceleration()
-        on_cuda = self.device.type == "cuda"
-        if not on_cuda and self.acceleration != Acceleration():
-            log.warning("%s: %s applies on CUDA devices only; running fp32 on %s", self.task, acceleration, device)
-        self.channels_last = on_cuda and self.acceleration.channels_last
-        self.autocast_dtype = _AUTOCAST.get(self.acceleration.precision) if on_cuda else None
-        self.model = model.eval().to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.accelerate(acceleration or Acceleration())
         self.manifest = manifest
         # A forward pass runs images of similar shapes only: at most this share of its pixels is padding.
         self.max_padding_waste = 0.2
         self.padding = PaddingStats()
+
+    def accelerate(self, acceleration: Acceleration) -> None:
+        """Run as `acceleration` says from the next forward pass on (models/runtimes.py chooses one).
+        Folding batch norm cannot be undone: once folded, the model stays folded."""
+        self.acceleration = acceleration
+        self.channels_last = acceleration.channels_last
+        self.autocast_dtype = autocast_dtype(self.device, acceleration)
+        self.model = prepare_model(self.model, self.device, acceleration)
 
     @torch.inference_mode()
     def predict(

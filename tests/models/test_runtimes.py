@@ -1,0 +1,202 @@
+"""Runtime selection: the pure choice (fake timings), the parity check and batch-norm folding (real tiny models)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import models.runtimes as runtimes
+from models import Category, Detections, InstanceMasks, Manifest, SemanticMap, make_predictor
+from models.acceleration import Acceleration, cpu_flags, fold_batch_norms, precisions
+from models.parity import PARITY_QUERY, Parity, compare
+from models.predictors import Predictor
+from models.registry import DEFAULT_ARCH, build_model, get_arch
+from models.runtimes import BASELINE, CandidateReport, choose_runtime, sample_images, select
+
+CPU = torch.device("cpu")
+FOLD = Acceleration(fold_bn=True)
+NHWC = Acceleration(channels_last=True)
+
+
+def _predictor(task: str, seed: int = 0) -> Predictor:
+    torch.manual_seed(seed)
+    arch = DEFAULT_ARCH[task]
+    model = build_model(task, arch, num_classes=4)
+    for module in model.modules():  # running statistics as training leaves them, so that folding does something
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None
+            assert module.running_var is not None
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+    categories = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
+    manifest = Manifest(
+        task=task, arch=arch, num_classes=4, categories=categories, input=dict(get_arch(task, arch).input)
+    )
+    return make_predictor(model, manifest)
+
+
+def _report(acceleration: Acceleration, ratio: float, ok: bool = True) -> CandidateReport:
+    parity = Parity(images=2, problems=[] if ok else ["label maps disagree"])
+    return CandidateReport(acceleration, parity, ratios=[ratio] * 3, ms=[10 * ratio] * 3)
+
+
+def test_select_takes_the_fastest_candidate_at_equal_answers() -> None:
+    reports = [CandidateReport(BASELINE, None, [1.0] * 3), _report(FOLD, 0.8), _report(NHWC, 0.6)]
+    chosen, reason = select(reports)
+    assert chosen == NHWC
+    assert "1.67x" in reason
+
+
+def test_select_never_takes_a_candidate_that_answers_differently() -> None:
+    reports = [CandidateReport(BASELINE, None, [1.0] * 3), _report(FOLD, 0.8), _report(NHWC, 0.3, ok=False)]
+    assert select(reports)[0] == FOLD
+    assert select(reports[:1] + reports[2:])[0] == BASELINE
+
+
+def test_select_keeps_fp32_unless_the_win_passes_five_percent() -> None:
+    reports = [CandidateReport(BASELINE, None, [1.0] * 3), _report(FOLD, 0.96), _report(NHWC, 1.2)]
+    chosen, reason = select(reports)
+    assert chosen == BASELINE
+    assert "< 1.05" in reason
+    assert select([*reports, _report(Acceleration("fp32", True, True), 1 / 1.06)])[0] == Acceleration(
+        "fp32", True, True
+    )
+
+
+def test_speedup_is_the_median_of_paired_ratios() -> None:
+    # One round disturbed by another process (ratio 3.0) does not decide.
+    assert CandidateReport(NHWC, Parity(), ratios=[0.5, 3.0, 0.5]).speedup == 2.0
+
+
+def test_bf16_is_a_cpu_candidate_only_with_native_support(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert {"avx512_bf16", "avx2"} <= cpu_flags(info)
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    monkeypatch.setattr("models.acceleration.native_cpu_bf16", lambda: False)
+    assert precisions(CPU) == ["fp32"]
+    assert {a.precision for a in runtimes.candidates(CPU)} == {"fp32"}
+    monkeypatch.setattr("models.acceleration.native_cpu_bf16", lambda: True)
+    assert precisions(CPU) == ["fp32", "bf16"]
+    assert len(runtimes.candidates(CPU)) == 8
+    assert runtimes.candidates(CPU)[0] == BASELINE
+
+
+@pytest.mark.parametrize("task", ["segment", "detect"])
+def test_choose_runtime_with_fake_timings_takes_the_fast_candidate(task: str) -> None:
+    predictor = _predictor(task)
+
+    def timer(runner: Predictor, images: object) -> float:  # channels_last "twice as fast"
+        return 0.5 if runner.acceleration.channels_last else 1.0
+
+    choice = choose_runtime(predictor, budget_s=0, accelerations=[BASELINE, FOLD, NHWC], timer=timer)
+    assert choice.acceleration == NHWC
+    assert choice.precision == "fp32"
+    assert choice.memory_format == "channels_last"
+    assert [c.speedup for c in choice.candidates] == [1.0, 1.0, 2.0]
+    assert all(len(c.ratios) == 2 for c in choice.candidates)  # min_rounds, budget spent
+    assert predictor.acceleration == BASELINE  # measuring leaves the predictor as it was
+    assert choice.to_json()["candidates"][2]["parity"]["ok"] is True
+
+
+def test_choose_runtime_drops_a_faster_candidate_whose_answers_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor, other = _predictor("segment"), _predictor("segment")
+    fcn: Any = other.model
+    scorer = fcn.head32[-1]
+    with torch.no_grad():  # as a wrong kernel would: class 2 scores far higher everywhere
+        scorer.bias[2] += 4.0
+    real_variant = runtimes.variant
+
+    def variant(base: Predictor, acceleration: Acceleration) -> Predictor:
+        # The NHWC candidate runs other weights: as a broken kernel would, it answers differently.
+        return real_variant(other if acceleration.channels_last else base, acceleration)
+
+    monkeypatch.setattr(runtimes, "variant", variant)
+    choice = choose_runtime(predictor, budget_s=0, accelerations=[FOLD, NHWC],
+                            timer=lambda runner, images: 0.1 if runner.acceleration.channels_last else 1.0)  # fmt: skip
+    bad = choice.candidates[2]
+    assert bad.parity is not None
+    assert not bad.parity.ok
+    assert bad.ratios == []
+    assert "label maps agree" in bad.parity.problems[0]
+    assert choice.acceleration == BASELINE  # folding alone was not faster by the fake clock
+
+
+@pytest.mark.parametrize("task", ["segment", "detect", "instances"])
+def test_folded_and_nhwc_models_answer_as_fp32(task: str) -> None:
+    predictor = _predictor(task)
+    images = sample_images()
+    reference = predictor.predict(images, [PARITY_QUERY] * 2)
+    folded = runtimes.variant(predictor, Acceleration("fp32", channels_last=True, fold_bn=True))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    kernels = [p for p in folded.model.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert kernels
+    assert all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    parity = compare(reference, folded.predict(images, [PARITY_QUERY] * 2))
+    assert parity.ok, parity.problems
+
+
+def test_fold_batch_norms_changes_nothing_where_nothing_follows_a_convolution() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    assert fold_batch_norms(model) is model
+    x = torch.randn(2, 3, 16, 16)
+    conv_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
+    norm = conv_bn[1]
+    assert isinstance(norm, nn.BatchNorm2d)
+    assert norm.running_mean is not None
+    norm.running_mean.uniform_(-1, 1)
+    folded = fold_batch_norms(conv_bn)
+    assert torch.allclose(folded(x), conv_bn(x), atol=1e-5)
+
+
+def _detections(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:
+    return Detections(torch.tensor(boxes), torch.tensor(labels), torch.tensor(scores))
+
+
+def test_detection_parity_tolerances() -> None:
+    ref = _detections([[10, 10, 50, 50], [60, 60, 90, 100]], [0.9, 0.52], [1, 2])
+    assert compare([ref], [_detections([[11, 9, 52, 50], [60, 60, 90, 100]], [0.88, 0.48], [1, 2])]).ok
+    moved = compare([ref], [_detections([[15, 10, 50, 50], [60, 60, 90, 100]], [0.9, 0.52], [1, 2])])
+    assert not moved.ok
+    assert moved.unmatched == 2  # missing one way, extra the other
+    assert "px off" in moved.problems[0]
+    assert not compare([ref], [_detections([[10, 10, 50, 50], [60, 60, 90, 100]], [0.9, 0.52], [1, 3])]).ok
+    assert not compare([ref], [_detections([[10, 10, 50, 50], [60, 60, 90, 100]], [0.8, 0.52], [1, 2])]).ok
+    extra = _detections([[10, 10, 50, 50], [60, 60, 90, 100], [0, 0, 5, 5]], [0.9, 0.52, 0.7], [1, 2, 1])
+    assert not compare([ref], [extra]).ok  # a confident detection fp32 does not have
+
+
+def test_mask_and_label_map_parity_tolerances() -> None:
+    def masks(probs: torch.Tensor) -> InstanceMasks:
+        return InstanceMasks(probs, torch.tensor([[0.0, 0.0, 28.0, 28.0]]), (32, 32))
+
+    ref = dataclasses.replace(_detections([[0, 0, 28, 28]], [0.9], [1]), masks=masks(torch.ones(1, 28, 28)))
+    half = torch.ones(1, 28, 28)
+    half[:, :, 14:] = 0
+    cand = dataclasses.replace(ref, masks=masks(half))
+    assert compare([ref], [ref]).ok
+    assert not compare([ref], [cand]).ok
+    assert compare([ref], [cand]).mask_iou < 0.6
+    labels = torch.zeros(100, 100, dtype=torch.uint8)
+    nearly = labels.clone()
+    nearly[0, :50] = 1  # 0.5 % of pixels
+    assert compare([SemanticMap(labels)], [SemanticMap(nearly)]).ok
+    nearly[1:3] = 1
+    assert not compare([SemanticMap(labels)], [SemanticMap(nearly)]).ok
+
+
+def test_accelerate_switches_memory_format_both_ways() -> None:
+    predictor = _predictor("segment")
+    predictor.accelerate(NHWC)
+    weight = next(p for p in predictor.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert predictor.channels_last
+    predictor.accelerate(BASELINE)
+    weight = next(p for p in predictor.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous()
+    assert not predictor.channels_last
