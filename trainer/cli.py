@@ -1,4 +1,5 @@
-"""`python -m trainer {synth,train,eval,import-torchvision,bootstrap,archs}`: the offline half of densepred.
+"""`python -m trainer {synth,train,eval,import-torchvision,bootstrap,archs,versions,promote}`: the offline half of
+densepred.
 
 Data-parallel training goes through the standard launcher: `torchrun --nproc_per_node=N -m trainer train ...`.
 """
@@ -12,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from models import DEFAULT_ARCH, TASKS, Category, StoreError, arch_names, get_arch, load_predictor
+from models import DEFAULT_ARCH, TASKS, Category, StoreError, arch_names, get_arch, history, load_predictor
 from models.checkpoints import import_torchvision_checkpoint
 from models.devices import resolve_device
 from models.small import ROI_OPS, SKIPS
@@ -63,6 +64,7 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--augment", choices=tuple(POLICIES), help="augmentation policy (default: the preset's, strong)")
     p.add_argument("--workers", type=_non_negative, help="data-loading processes (default: as the cores allow)")
+    _add_keep(p)
     g = p.add_argument_group("transfer learning")
     g.add_argument("--init-from", type=Path, help="store entry/root or torchvision .pth to start from")
     g.add_argument("--init-scope", choices=INIT_SCOPES, help="copy every tensor that fits (all, default) or backbone.*")
@@ -78,7 +80,25 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     g.add_argument("--run-dir", type=Path, help="for metrics.csv, checkpoint.pt, plots (artifacts/runs/<task>-<UTC>)")
     g.add_argument("--checkpoint-every", type=_positive, help="steps between checkpoints (default 200, and the last)")
     g.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoint, "
-                   "with its own settings (only --device, --amp, --workers and --no-progress may change)")  # fmt: skip
+                   "with its own settings (only --device, --amp, --workers, --keep and --no-progress may "
+                   "change)")  # fmt: skip
+
+
+def _add_keep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep", type=_non_negative, help=f"replaced versions kept in STORE/.history/<task>/ for "
+                   f"'promote' (default {history.DEFAULT_KEEP}; 0 keeps none)")  # fmt: skip
+
+
+def _add_lifecycle_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("versions", help="the served and kept versions of each task, with metrics and training facts")
+    p.add_argument("--store", type=Path, required=True, help="model store")
+    p.add_argument("--task", choices=TASKS, help="one task (default: all)")
+    p.add_argument("--verify", action="store_true", help="also check every version's sha256 (reads all weights)")
+    p = sub.add_parser("promote", help="serve a kept version again, atomically (the served one is kept instead)")
+    p.add_argument("--store", type=Path, required=True, help="model store")
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--version", required=True, help="a version 'versions' lists as kept")
+    _add_keep(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--categories", help="comma-separated names for ids 1..N (default: COCO/VOC names by size)")
+    _add_keep(p)
 
     p = sub.add_parser("bootstrap", help="train every task the store lacks (quick preset), generating data if needed")
     p.add_argument("--out", type=Path, required=True, help="model store")
@@ -117,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay seed 0)")
 
     sub.add_parser("archs", help="list the architectures per task")
+    _add_lifecycle_parsers(sub)
     return parser
 
 
@@ -151,7 +173,8 @@ def _new_job(args: argparse.Namespace) -> TrainJob:
     config = get_preset(args.task, preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
     config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
     given = {name: getattr(args, name) for name in ("seed", "init_from", "init_scope", "freeze_stages", "freeze_bn",
-                                                    "amp", "run_dir", "checkpoint_every", "workers")}  # fmt: skip
+                                                    "amp", "run_dir", "checkpoint_every", "workers",
+                                                    "keep")}  # fmt: skip
     return TrainJob(task=args.task, data=args.data, out=args.out, arch=arch, preset=preset, config=config,
                     device=resolve_device(args.device), options=options, progress=not args.no_progress,
                     **{name: value for name, value in given.items() if value is not None})  # fmt: skip
@@ -163,7 +186,8 @@ def _resumed_job(args: argparse.Namespace) -> TrainJob:
     if given:
         raise ValueError(f"--resume continues a run with its recorded settings; drop {', '.join(given)}")
     job = load_job(args.resume, resolve_device(args.device), progress=not args.no_progress, workers=args.workers)
-    return replace(job, amp=args.amp) if args.amp is not None else job
+    job = replace(job, amp=args.amp) if args.amp is not None else job
+    return replace(job, keep=args.keep) if args.keep is not None else job
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -178,7 +202,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.categories:
         names = [n.strip() for n in args.categories.split(",") if n.strip()]
         categories = [Category(i, name) for i, name in enumerate(names, start=1)]
-    path = import_torchvision_checkpoint(args.task, args.arch, args.weights, args.out, categories)
+    keep = history.DEFAULT_KEEP if args.keep is None else args.keep
+    path = import_torchvision_checkpoint(args.task, args.arch, args.weights, args.out, categories, keep)
     _emit({"imported": str(path)})
     return 0
 
@@ -193,8 +218,24 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    """JSON: task -> its versions, the served one first, then the kept ones, most recently replaced first."""
+    tasks = [args.task] if args.task else list(TASKS)
+    listing = {task: [v.to_json() for v in history.versions(args.store, task, args.verify)] for task in tasks}
+    _emit({task: found for task, found in listing.items() if found or args.task})
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    keep = history.DEFAULT_KEEP if args.keep is None else args.keep
+    previous = history.promote(args.store, args.task, args.version, keep)
+    _emit({"task": args.task, "served": args.version, "previous": previous})
+    return 0
+
+
 COMMANDS = {"synth": cmd_synth, "train": cmd_train, "eval": cmd_eval, "import-torchvision": cmd_import,
-            "bootstrap": cmd_bootstrap, "archs": cmd_archs}  # fmt: skip
+            "bootstrap": cmd_bootstrap, "archs": cmd_archs, "versions": cmd_versions,
+            "promote": cmd_promote}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

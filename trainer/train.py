@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from models import Manifest, build_model, get_arch, make_predictor, save_entry
+from models.history import DEFAULT_KEEP
 from trainer import distributed
 from trainer.augment import Augmented, describe, policy_named, transform_for
 from trainer.checkpoint import CHECKPOINT_FILE, TrainState, load_checkpoint
@@ -56,11 +57,12 @@ class TrainJob:
     checkpoint_every: int = 200
     progress: bool = True
     workers: int | None = None  # data-loading processes; None: as the cores allow (data_workers)
+    keep: int = DEFAULT_KEEP  # replaced store entries kept in STORE/.history/<task>/
 
     def to_json(self) -> dict[str, Any]:
         """What `--resume` needs to rebuild this job; device, progress bar and workers belong to the machine
-        (the samples do not depend on how many processes load them)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "workers")}
+        (the samples do not depend on how many processes load them), and --keep to whoever publishes."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("device", "progress", "workers", "keep")}
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
     @classmethod
@@ -202,7 +204,7 @@ def _finish(
         "freeze_bn": job.freeze_bn,
         "run_dir": str(job.run_dir),
     }
-    save_entry(job.out, manifest, state.model.state_dict())
+    save_entry(job.out, manifest, state.model.state_dict(), job.keep)
     return manifest
 
 
