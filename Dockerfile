@@ -1,45 +1,71 @@
-# syntax=docker/dockerfile:1
-# densepred images, one target per device:
+# densepred images, one target per device. On a machine that reaches Docker Hub:
 #
-#   docker build --target cpu  -t densepred:cpu  .
-#   docker build --target cuda -t densepred:cuda .
+#   DOCKER_BUILDKIT=1 docker build --target cpu  -t densepred:cpu  .
+#   DOCKER_BUILDKIT=1 docker build --target cuda -t densepred:cuda .
+#
+# Without Docker Hub, `make image` (docker/image.sh) builds the cpu target on a Python base made from
+# Debian packages (docker/base-image.sh), passed as PYTHON_IMAGE.
+#
+# Behind a TLS-intercepting proxy, hand pip the proxy's CA bundle as a BuildKit secret; it is mounted
+# only while pip runs and never lands in a layer:
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt --target cpu -t densepred:cpu .
+#
+# No `# syntax=` line: that makes BuildKit fetch its front end from Docker Hub; the one built into
+# Docker 20.10 and later handles the RUN --mount flags used here.
 #
 # Model weights: by default the image holds none and serves the store mounted at /models
 # (`docker run -v "$PWD/artifacts/models:/models:ro" ...`). With `--build-arg MODELS=trained`, a build
-# stage trains the default models with the `quick` preset on the build machine's CPU and bakes them in.
-# The build needs the network for package installs only (apt, PyPI and the PyTorch wheel index).
+# stage trains the default models with the MODELS_PRESET preset (`quick`) on the build machine's CPU
+# and bakes them in. The build needs the network for package installs only (apt, PyPI and the PyTorch
+# wheel index). Versions: docker/constraints.txt pins every Python package the image installs.
 
 ARG MODELS=mounted
+ARG MODELS_PRESET=quick
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
 ARG CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu126
 
+# ---- The runtime dependencies, read from pyproject.toml. Only this list reaches the install steps, so
+# an edit elsewhere in pyproject.toml (tool settings, dev extras) keeps their layers in the build cache ----
+FROM ${PYTHON_IMAGE} AS requirements
+RUN --mount=type=bind,source=pyproject.toml,target=/tmp/pyproject.toml \
+    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /requirements.txt
+
 # ---- Python with the dependencies, CPU flavour: CPU-only torch wheels, a fraction of the CUDA size ----
 FROM ${PYTHON_IMAGE} AS cpu-python
 ARG CPU_TORCH_INDEX
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-WORKDIR /tmp/build
 RUN python -m venv /opt/venv
-COPY pyproject.toml docker/install-deps.sh ./
-RUN sh install-deps.sh "${CPU_TORCH_INDEX}"
+# The inputs are bind-mounted, not copied: nothing but the installed packages stays in the layer. pip's
+# download cache lives in a BuildKit cache mount, so a rebuild with other dependencies reuses the wheels.
+RUN --mount=type=bind,from=requirements,source=/requirements.txt,target=/tmp/build/requirements.txt \
+    --mount=type=bind,source=docker/install-deps.sh,target=/tmp/build/install-deps.sh \
+    --mount=type=bind,source=docker/constraints.txt,target=/tmp/build/constraints.txt \
+    --mount=type=cache,target=/root/.cache/pip,id=densepred-pip \
+    --mount=type=secret,id=ca \
+    sh /tmp/build/install-deps.sh "${CPU_TORCH_INDEX}"
 
 # ---- Python with the dependencies, CUDA flavour: the NVIDIA runtime base, torch built for its CUDA ----
 # (The torch wheels bring their own cuDNN and CUDA libraries; the base adds the driver hooks and matching CUDA.)
 FROM ${CUDA_IMAGE} AS cuda-python
 ARG CUDA_TORCH_INDEX
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 # The base image's tag pins the Ubuntu release, and with it the python3 it ships (DL3008: no finer pins).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
-WORKDIR /tmp/build
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml docker/install-deps.sh ./
-RUN sh install-deps.sh "${CUDA_TORCH_INDEX}"
+RUN --mount=type=bind,from=requirements,source=/requirements.txt,target=/tmp/build/requirements.txt \
+    --mount=type=bind,source=docker/install-deps.sh,target=/tmp/build/install-deps.sh \
+    --mount=type=bind,source=docker/constraints.txt,target=/tmp/build/constraints.txt \
+    --mount=type=cache,target=/root/.cache/pip,id=densepred-pip \
+    --mount=type=secret,id=ca \
+    sh /tmp/build/install-deps.sh "${CUDA_TORCH_INDEX}"
 
 # ---- The densepred package as a wheel (pure Python: the same file serves both flavours) ----
 FROM cpu-python AS wheel
@@ -49,17 +75,24 @@ COPY models/ models/
 COPY service/ service/
 COPY trainer/ trainer/
 COPY client/ client/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+# The build back end (setuptools) comes from PyPI, at the version docker/constraints.txt pins.
+RUN --mount=type=bind,source=docker/constraints.txt,target=/tmp/constraints.txt \
+    --mount=type=cache,target=/root/.cache/pip,id=densepred-pip \
+    --mount=type=secret,id=ca \
+    if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && PIP_CONSTRAINT=/tmp/constraints.txt pip wheel --no-deps --wheel-dir /wheels .
 
 # ---- Model store: empty (mount one at /models) or trained here with the quick preset ----
 FROM cpu-python AS models-mounted
 RUN mkdir /models
 
 FROM cpu-python AS models-trained
+ARG MODELS_PRESET
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    pip install --no-deps /tmp/wheels/*.whl
-# The dataset is generated in the same step and deleted with it: only the store reaches the image.
-RUN python -m trainer bootstrap --out /models --data /tmp/shapes --device cpu && rm -rf /tmp/shapes
+    pip install --no-cache-dir --no-deps /tmp/wheels/*.whl
+# The dataset and the run folders stay in this stage: only /models reaches the image.
+WORKDIR /tmp/train
+RUN python -m trainer bootstrap --out /models --data /tmp/shapes --preset "${MODELS_PRESET}" --device cpu
 
 # A stage name, chosen by the MODELS build argument, not an image from a registry (DL3006 does not apply).
 # hadolint ignore=DL3006
@@ -68,7 +101,7 @@ FROM models-${MODELS} AS models
 # ---- Runtime images ----
 FROM cpu-python AS cpu
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    pip install --no-deps /tmp/wheels/*.whl \
+    pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin densepred
 # Owned by root and read-only to the service: a compromised process cannot swap the weights.
 COPY --from=models /models /models
@@ -85,7 +118,7 @@ CMD ["python", "-m", "service"]
 
 FROM cuda-python AS cuda
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    pip install --no-deps /tmp/wheels/*.whl \
+    pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && useradd --system --uid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin densepred
 COPY --from=models /models /models
 ENV MALLOC_ARENA_MAX=2

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench
+.PHONY: install serve test lint bench image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# densepred:cpu from the Dockerfile on a machine without Docker Hub: starts (or installs) the Docker engine,
+# builds the Debian-based Python image once per machine, and passes this machine's CA bundle to pip as a
+# BuildKit secret (docker/image.sh says how to change each). With Docker Hub:
+# `DOCKER_BUILDKIT=1 docker build --target cpu -t densepred:cpu .`
+image:
+	docker/image.sh
 
 # The CPU benchmarks of the README's Performance section (about 30 minutes; keep the machine quiet;
 # service_r2_nginx needs nginx: apt-get install nginx).

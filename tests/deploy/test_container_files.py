@@ -1,6 +1,6 @@
 """Dockerfile and docker-compose.yml: hadolint, the Compose specification's schema, and what they promise.
 
-There is no Docker engine on the test machines; these checks are what can be proven without one.
+What can be proven without a Docker engine; test_image.py and test_compose.py run the real thing.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from deploy_helpers import drain_seconds
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from processes import REPO
 
 from client.api import DEFAULT_URL
@@ -68,12 +72,12 @@ def test_dockerfile_targets_run_unprivileged_with_a_health_check() -> None:
 def test_dockerfile_weights_are_mounted_or_trained_with_the_quick_preset() -> None:
     named = stages()
     assert re.search(r"^ARG MODELS=mounted$", DOCKERFILE, re.MULTILINE)
+    assert re.search(r"^ARG MODELS_PRESET=quick$", DOCKERFILE, re.MULTILINE)
     assert "FROM models-${MODELS} AS models" in DOCKERFILE
     assert "RUN mkdir /models" in named["models-mounted"]
     trained = named["models-trained"]
-    # `bootstrap` trains with the quick preset unless told otherwise.
     assert "python -m trainer bootstrap --out /models --data /tmp/shapes" in trained
-    assert "--preset" not in trained
+    assert '--preset "${MODELS_PRESET}"' in trained
 
 
 def test_dockerfile_needs_the_network_for_package_installs_only() -> None:
@@ -95,10 +99,47 @@ def test_docker_build_context_leaves_out_local_state() -> None:
     allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
     copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.MULTILINE))
     assert copied
+    # Build inputs bind-mounted from the context (no from=) must be in it too.
+    copied |= set(re.findall(r"--mount=type=bind,source=([^,\s]+),target=", DOCKERFILE))
     for sources in copied:
         for source in sources.split():
             assert source.rstrip("/") in allowed, f"{source} is copied but excluded from the context"
     assert not allowed & {".venv", "artifacts", ".git"}
+
+
+def test_dockerfile_builds_without_docker_hub_front_ends_or_secrets_in_layers() -> None:
+    # A `# syntax=` line makes BuildKit fetch its front end from Docker Hub.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", DOCKERFILE, re.MULTILINE)
+    runs = re.findall(r"^RUN (?:.*\\\n)*.*$", DOCKERFILE, re.MULTILINE)
+    pip_runs = [run for run in runs if re.search(r"install-deps\.sh|pip wheel", run)]
+    assert len(pip_runs) == 3  # the CPU and CUDA dependencies, the wheel (its build back end)
+    for run in pip_runs:
+        # The proxy's CA only as a BuildKit secret, mounted while pip runs; pip's downloads in a cache mount.
+        assert "--mount=type=secret,id=ca" in run
+        assert "--mount=type=cache,target=/root/.cache/pip" in run
+        assert "constraints.txt" in run
+    installer = (REPO / "docker/install-deps.sh").read_text()
+    assert "PIP_CERT=/run/secrets/ca" in installer
+    assert 'PIP_CONSTRAINT="$here/constraints.txt"' in installer
+    assert not re.search(r"^(COPY|ADD) .*(\.crt|\.pem|secrets)", DOCKERFILE, re.MULTILINE)
+    assert "PIP_NO_CACHE_DIR" not in DOCKERFILE  # it would disable the cache mount too
+
+
+def test_constraints_pin_every_dependency_inside_its_range() -> None:
+    pins = {}
+    for line in (REPO / "docker/constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = Version(version)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in docker/constraints.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    build_backend = Requirement(tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"][0])
+    assert build_backend.specifier.contains(pins[canonicalize_name(build_backend.name)])
 
 
 def test_compose_file_is_valid_against_the_compose_specification() -> None:
