@@ -158,6 +158,10 @@ class ManifestInfo(BaseModel):
     metrics: dict[str, Any]
     trained: dict[str, Any]
     format: int
+    runtime: dict[str, Any] | None = Field(
+        default=None,
+        description="How it runs here: precision, memory format, compiled, and how that was chosen (with timings).",
+    )
 
 
 class ModelList(BaseModel):
