@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.runtimes import RuntimeChoice
 from models.shape_groups import PaddingStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -52,6 +53,13 @@ class Metrics:
             "densepred_forward_passes", "Forward passes run since start (a batch of mixed shapes may take several).",
             ["task"], registry=r,
         )  # fmt: skip
+        self.runtime_info = Gauge(
+            "densepred_runtime_info",
+            "The runtime each model runs with (1), chosen at warm-up: PRECISION=auto measures, see /models.",
+            ["task", "precision", "memory_format", "compiled"],
+            registry=r,
+        )
+        self._runtime_labels: dict[str, tuple[str, ...]] = {}
         for task in tasks:
             # Touch each per-task series so dashboards see zeros, not gaps, before the first request.
             for family in (self.queue_wait, self.inference_duration, self.batch_size, self.queue_depth):
@@ -61,6 +69,15 @@ class Metrics:
         """Padding figures read off a predictor's own counters at each scrape."""
         self.padding_waste.labels(task=task).set_function(lambda: stats.waste)
         self.forward_passes.labels(task=task).set_function(lambda: stats.forwards)
+
+    def runtime_chosen(self, choice: RuntimeChoice) -> None:
+        """One series per task: the old one goes when the runtime changes (compiled, or a reload)."""
+        labels = (choice.task, choice.precision, choice.memory_format, str(choice.compiled).lower())
+        old = self._runtime_labels.get(choice.task)
+        if old is not None and old != labels:
+            self.runtime_info.remove(*old)
+        self._runtime_labels[choice.task] = labels
+        self.runtime_info.labels(*labels).set(1)
 
     def observer(self, task: str) -> TaskObserver:
         return TaskObserver(self, task)

@@ -42,7 +42,12 @@ catalog_router = APIRouter(tags=["operations"])
 
 @catalog_router.get("/models", response_model=ModelList, summary="Manifests of the served models")
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(models=[ManifestInfo.model_validate(m.manifest.to_json()) for m in runtime.models.values()])
+    return ModelList(
+        models=[
+            ManifestInfo.model_validate(m.manifest.to_json() | {"runtime": m.choice.to_json() if m.choice else None})
+            for m in runtime.models.values()
+        ]
+    )
 
 
 _METRICS_EXAMPLE = 'densepred_queue_depth{task="detect"} 0.0\ndensepred_batch_size_count{task="detect"} 42.0\n'

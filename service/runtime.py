@@ -31,6 +31,7 @@ import torch
 
 from models import Acceleration, Manifest, Query, Result, SemanticMap, load_predictor
 from models.devices import resolve_device
+from models.runtimes import RuntimeChoice
 from service import responses
 from service.batching import Batcher
 from service.cores import available_cores, torch_cores
@@ -38,6 +39,7 @@ from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
 from service.schemas import Detection, InstanceDetection, Segment
 from service.settings import Settings
+from service.warming import compile_in_background, warm
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class TaskModel:
     batcher: Batcher[Job, Answer]
     limits: Limits  # for decoding this model's uploads
     state: str = "warming"  # then "ready", or "failed" if the warm-up pass raised
+    choice: RuntimeChoice | None = None  # the runtime it runs with, chosen at warm-up (service/warming.py)
     names: dict[int, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,9 @@ class TaskModel:
 
 
 def store_loader(settings: Settings) -> Loader:
-    acceleration = Acceleration(settings.precision, settings.channels_last)
+    precision = settings.precision
+    # PRECISION=auto loads fp32 and lets the warm-up measure (service/warming.py).
+    acceleration = Acceleration() if precision == "auto" else Acceleration(precision, settings.channels_last)
 
     def load(task: str, device: torch.device) -> ServedModel:
         return load_predictor(settings.model_dir, task, device, acceleration)
@@ -238,19 +243,24 @@ class Runtime:
         return None
 
     async def warm_up(self) -> None:
-        """One forward pass per model, off the event loop; readiness flips once all have passed."""
+        """Choose each model's runtime and run its warm-up pass, off the event loop (service/warming.py);
+        readiness flips once all have passed. With COMPILE, compiling starts after that, in the background."""
         loop = asyncio.get_running_loop()
         for task, model in self.models.items():
             try:
-                await loop.run_in_executor(self.executors[task], model.predictor.warmup)
+                model.choice = await loop.run_in_executor(self.executors[task], warm, model.predictor, self.settings)
             except Exception:
                 model.state = "failed"
                 log.exception("warm-up of %s failed; /readyz stays 503", task)
                 continue
             model.state = "ready"
+            self.metrics.runtime_chosen(model.choice)
             log.info("%s is warm", task)
         if self.ready:
             log.info("ready. Try:\n%s", "\n".join(curl_examples(self.settings)))
+        for task, model in self.models.items():
+            if self.settings.compile and model.choice is not None:
+                compile_in_background(model.predictor, model.choice, self.executors[task], self.metrics.runtime_chosen)
 
     async def close(self) -> None:
         for model in self.models.values():

@@ -159,6 +159,10 @@ class ManifestInfo(BaseModel):
     metrics: dict[str, Any]
     trained: dict[str, Any] = Field(description="How it was trained; file paths are shown by their last part only.")
     format: int
+    runtime: dict[str, Any] | None = Field(
+        default=None,
+        description="How it runs here: precision, memory format, compiled, and how that was chosen (with timings).",
+    )
 
     @field_validator("trained")
     @classmethod

@@ -52,10 +52,25 @@ class Settings(BaseSettings):
             "CPU quota). Replicas that share a machine each take their share: cores / replicas."
         ),
     )
-    precision: Literal["fp32", "fp16", "bf16"] = Field(
-        default="fp32", description="On CUDA: autocast the forward pass to fp16 or bf16 (ignored on CPU)."
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        default="auto",
+        description=(
+            "auto: at warm-up, measure the runtimes this device supports (fp32/bf16 autocast, NHWC, batch norm "
+            "folded; fp16 too on CUDA) and keep the fastest that answers as fp32 does, if >= 5 % faster. Or a fixed "
+            "precision: fp16 applies on CUDA only; bf16 on a CPU without native bf16 is slower than fp32."
+        ),
     )
-    channels_last: bool = Field(default=False, description="On CUDA: NHWC memory layout for convolutions.")
+    channels_last: bool = Field(default=False, description="With a fixed PRECISION: NHWC memory layout.")
+    runtime_budget_s: float = Field(
+        default=1.0, ge=0, le=60, description="PRECISION=auto: seconds per model for timing candidates (cold start)."
+    )
+    compile: bool = Field(
+        default=False,
+        description=(
+            "torch.compile the model in the background once serving (eager serves meanwhile); switched in only if "
+            "it answers as eager does and is >= 5 % faster. Off by default: on a CPU compiling takes minutes."
+        ),
+    )
     max_queue: int = Field(default=64, ge=1, description="Images waiting per model; beyond it requests get 429.")
     request_timeout_s: float = Field(default=10.0, gt=0, description="A request still waiting after this gets 504.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted upload (413 beyond).")
