@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,12 @@ def test_smoke_training_writes_an_entry_that_loads_and_predicts(shapes: Path, st
     assert manifest.trained["steps"] > 0
     assert [c.name for c in manifest.categories] == ["circle", "square", "triangle"]
     assert "val" in manifest.metrics
+    # Written with the umask's modes, like any other file: readable by the container's user where 022.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (store / task, *(store / task).iterdir()):
+        wanted = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == wanted, path
     predictor = load_predictor(store, task)
     val = CocoDataset(shapes, "val", task)
     images = [val.read_image(0), val.read_image(1)]
