@@ -5,7 +5,7 @@
 #
 #     OUT=bench/results bash bench/gpu_check.sh      # about 8 minutes on one H100 (8.0 with service_w2 in the small run)
 #
-# Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, postprocess_gpu.json,
+# Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, runtimes_gpu.{json,png,log}, postprocess_gpu.json,
 # compare_gpu.{json,png,log}, and compare_gpu_small.{json,png} when the trained store artifacts/models
 # is there (its log goes on compare_gpu.log: 8 files, as many as the lent GPU machines send back).
 # Exits non-zero if any step failed.
@@ -40,10 +40,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu_
 "$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__,
   "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' >>"$OUT/gpu_info.csv" 2>&1
 
-step "GPU tests" 240 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -o addopts="-ra" \
-  tests/models/test_predictors_cuda.py tests/service/test_service_cuda.py tests/service/test_inference_workers.py tests/trainer/test_engine.py \
+step "GPU tests" 300 "$PYTHON" -m pytest -m gpu -q -s -p no:cacheprovider -o addopts="-ra" \
+  tests/models/test_predictors_cuda.py tests/models/test_runtimes_cuda.py tests/service/test_service_cuda.py tests/service/test_inference_workers.py tests/trainer/test_engine.py \
   >"$OUT/gpu_tests.log" 2>&1
 tail -5 "$OUT/gpu_tests.log"
+
+# Issue 18: every runtime candidate (fp32/fp16/bf16, NHWC, batch norm folded) against fp32 eager, and the
+# one the selection chooses, on the default small models (untrained); ONNX Runtime only where installed.
+step "runtimes benchmark" 240 "$PYTHON" bench/runtimes.py --rounds 5 --out "$OUT/runtimes_gpu" --device cuda \
+  >"$OUT/runtimes_gpu.log" 2>&1
+tail -3 "$OUT/runtimes_gpu.log"
 
 step "post-processing benchmark" 90 "$PYTHON" bench/postprocess.py --device cuda --repeats 30 \
   --out "$OUT/postprocess_gpu.json"
