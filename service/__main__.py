@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import begin_drain, create_app
+from service.connections import guarded_protocol
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,22 @@ class DrainingServer(uvicorn.Server):
 
 def serve(app: FastAPI, settings: Settings) -> None:
     """Run `app` (built by create_app) until a signal stops it."""
+    refused = app.state.metrics.connections_refused
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,  # the batching queues live in this process; scale out with replicas
         log_level="info",
+        # uvicorn's httptools protocol plus a header deadline (408) and a header size cap (431), which
+        # uvicorn lacks: nginx's client_header_timeout and large_client_header_buffers (connections.py).
+        http=guarded_protocol(
+            settings.header_timeout_s, settings.max_header_bytes, lambda reason: refused.labels(reason=reason).inc()
+        ),
+        # Past this many open connections (or requests), 503 at once: each costs a file descriptor and a
+        # task; uploads' memory is bounded apart (MAX_UPLOAD_BUFFER_BYTES).
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,
         # Requests in flight cannot wait longer than the request timeout; give them that, plus a margin.
         timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
     )

@@ -21,6 +21,7 @@ from service.routes import ROUTERS, STRICT_QUERY
 from service.runtime import Loader, Runtime
 from service.security import UNAUTHORIZED, api_key_dependency
 from service.settings import Settings
+from service.uploads import UploadBudget
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class State(TypedDict):
     """Lifespan state; each request sees it as `request.state` (see routes.get_runtime)."""
 
     runtime: Runtime
+    uploads: UploadBudget  # bytes of uploads in memory, all requests together (uploads.py)
 
 
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
@@ -41,11 +43,13 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         runtime = await Runtime.open(settings, metrics, loader)
+        uploads = UploadBudget(settings.max_upload_buffer_bytes)
+        metrics.upload_buffer.set_function(lambda: uploads.held)
         app.state.runtime = runtime  # for begin_drain, which the server calls from outside any request
         # Serve /healthz and /readyz (503) while warming; inference routes answer 503 until then.
         warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
         try:
-            yield {"runtime": runtime}
+            yield {"runtime": runtime, "uploads": uploads}
         finally:
             warm.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics  # for the server's connection guards (service/connections.py)
     # Only with a key do the routes declare security: the OpenAPI document then says what is required.
     guard = [api_key_dependency(settings.api_key)] if settings.api_key else []
     errors = UNAUTHORIZED if settings.api_key else {}

@@ -1,12 +1,15 @@
 """One inference request from admission to result: the order of these steps is the overload policy.
 
-1. Admission: a place in the model's queue is reserved before a byte of the upload is read, so a full
-   queue answers 429 at once and an overloaded process holds at most `max_queue` uploads per model.
-   A queue estimated to take longer than the request's timeout answers 429 at once too: a client that
-   sends `timeout` (its latency budget) gets a fast refusal rather than a late answer.
-2. Read (size-capped) and decode (pixel-capped, shrunk to `max_image_side`) on a bounded thread pool.
-3. Queue with the request's deadline; a deadline that passes while queued is a 504, never computed.
-4. While waiting, watch the connection: a client that leaves before its batch starts is dropped.
+1. Admission, checked: a full queue answers 429 before a byte of the upload is read, and so does a
+   queue estimated to take longer than the request's timeout (a client that sends `timeout`, its
+   latency budget, gets a fast refusal rather than a late answer). No place is held yet.
+2. Read, bounded in size (413), in time (BODY_TIMEOUT_S and the request's deadline: 408) and in memory
+   across requests (MAX_UPLOAD_BUFFER_BYTES: 429). A slow client holds a connection, never a queue place:
+   70 clients trickling a byte a second used to hold every place of a queue of 64 (issue 16).
+3. Admission, taken: a place in the queue, so a process holds at most `max_queue` images per model.
+4. Decode (pixel-capped, shrunk to `max_image_side`) on a bounded thread pool; the upload's bytes go.
+5. Queue with the request's deadline; a deadline that passes while queued is a 504, never computed.
+6. While waiting, watch the connection: a client that leaves before its batch starts is dropped.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from service.batching import Completed
 from service.errors import ApiError, client_gone
 from service.imaging import DecodedImage, decode_image
 from service.runtime import Answer, Job, Runtime, TaskModel
-from service.uploads import read_image_bytes
+from service.uploads import UploadBudget, read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,36 @@ def _retry_later(code: str, reason: str, retry_after_s: float) -> ApiError:
 
 
 async def run(
-    request: Request, runtime: Runtime, model: TaskModel, job_query: Query, deadline: float
+    request: Request, runtime: Runtime, uploads: UploadBudget, model: TaskModel, job_query: Query, deadline: float
 ) -> tuple[DecodedImage, Completed[Answer]]:
-    """Admit, read, decode, queue and wait; every failure is an ApiError. `deadline` is a perf_counter time."""
+    """Check, read, admit, decode, queue and wait; every failure is an ApiError. `deadline`: a perf_counter time."""
+    settings = runtime.settings
+    with _admit(model, deadline):  # only a check: released at once, so a slow upload holds no place
+        pass
+    reservation = uploads.reservation()
+    try:
+        body_deadline = min(deadline, time.perf_counter() + settings.body_timeout_s)
+        data = await read_image_bytes(request, settings.max_image_bytes, reservation, body_deadline)
+        with _admit(model, deadline) as ticket:  # released unless the item reaches the queue
+            image = await anyio.to_thread.run_sync(decode_image, data, model.limits, limiter=runtime.decode_limiter)
+            del data
+            reservation.release()
+            completed = await _wait(request, model, Job(image, job_query), deadline - time.perf_counter(), ticket)
+    finally:
+        reservation.release()
+    return image, completed
+
+
+def _admit(model: TaskModel, deadline: float) -> Ticket:
     task = model.manifest.task
     try:
-        ticket = model.batcher.admit(within_s=deadline - time.perf_counter())
+        return model.batcher.admit(within_s=deadline - time.perf_counter())
     except DeadlineUnreachableError as exc:
         raise deadline_unreachable(task, exc.retry_after_s) from None
     except QueueFullError as exc:
         raise queue_full(task, exc.retry_after_s) from None
     except BatcherStoppedError as exc:
         raise _stopped(exc) from None
-    with ticket:  # released unless the item reaches the queue
-        data = await read_image_bytes(request, runtime.settings.max_image_bytes)
-        image = await anyio.to_thread.run_sync(decode_image, data, model.limits, limiter=runtime.decode_limiter)
-        del data
-        completed = await _wait(request, model, Job(image, job_query), deadline - time.perf_counter(), ticket)
-    return image, completed
 
 
 async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Answer]:

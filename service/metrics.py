@@ -43,6 +43,17 @@ class Metrics:
             "densepred_requests_rejected_total", "Requests answered with an error, by reason.", ["task", "reason"],
             registry=r,
         )  # fmt: skip
+        self.upload_buffer = Gauge(
+            "densepred_upload_buffer_bytes",
+            "Bytes of uploads being read or decoded now, all requests together (MAX_UPLOAD_BUFFER_BYTES caps it).",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "densepred_connections_refused_total",
+            "Requests refused before reaching the app (header timeout or size, connection limit), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.padding_waste = Gauge(
             "densepred_padding_waste_ratio",
             "Share of the pixels computed that were batch padding, since start (images are grouped by shape).",

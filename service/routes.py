@@ -33,6 +33,7 @@ from service.schemas import (
     SegmentResponse,
     Timing,
 )
+from service.uploads import UploadBudget
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ _ERRORS = {
     400: "Undecodable, truncated or empty image, or malformed upload.",
     413: "Upload over the byte limit, or image over the pixel limit.",
     415: "Content type or image format other than JPEG, PNG or WEBP, or an animated / multi-frame file.",
+    408: "The upload did not arrive within BODY_TIMEOUT_S (or the request's timeout); the connection is closed.",
     422: "Bad or unknown query parameter (the message lists the valid ones), or an extreme aspect ratio.",
-    429: "Queue full, or too slow for the request's timeout; retry after the Retry-After header's seconds.",
+    429: "Queue or upload buffer full, or the queue too slow for the request's timeout; retry after Retry-After.",
     503: "Model not loaded and warmed yet, shutting down, or its batching worker stopped.",
     504: "No result within the request timeout.",
     507: "The image does not fit in the device's memory, even in a batch of its own.",
@@ -239,7 +241,8 @@ async def _infer(
         job_query = query(model)
         cap = min(job_query.max_detections, runtime.settings.max_detections)
         job_query = dataclasses.replace(job_query, max_detections=cap)
-        image, completed = await inference.run(request, runtime, model, job_query, started + timeout_s)
+        uploads = cast(UploadBudget, request.state.uploads)
+        image, completed = await inference.run(request, runtime, uploads, model, job_query, started + timeout_s)
     except ApiError as exc:
         runtime.metrics.rejected.labels(task=task, reason=exc.code).inc()
         raise

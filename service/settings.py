@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models import TASKS, Task
@@ -74,6 +74,28 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=1, description="Images waiting per model; beyond it requests get 429.")
     request_timeout_s: float = Field(default=10.0, gt=0, description="A request still waiting after this gets 504.")
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest accepted upload (413 beyond).")
+    body_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The whole upload must arrive within this (and within the request's timeout), else 408.",
+    )
+    max_upload_buffer_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Bytes of uploads being read or decoded, all requests together; beyond it 429 uploads_full.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Request line and headers must arrive within this, else 408 and close."
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Request line plus headers at most this many bytes, else 431."
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections (or requests) at most; beyond them uvicorn answers 503."
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="Idle kept-alive connections close after this; behind a load balancer, exceed its."
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=1, description="Largest width*height, read from the header.")
     max_image_side: int = Field(
         default=1333, ge=32, description="Longer sides beyond this are shrunk before the model; results mapped back."
@@ -94,6 +116,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="When set, inference and /models need this key.")
     # NoDecode: read "segment,detect" as a comma-separated list rather than as JSON.
     tasks: Annotated[tuple[Task, ...], NoDecode] = Field(default=TASKS, min_length=1, description="Tasks to serve.")
+
+    @model_validator(mode="after")
+    def _one_upload_fits_the_buffer(self) -> Settings:
+        # Else no upload of the largest size could ever be read: every one would be 429 uploads_full.
+        if self.max_upload_buffer_bytes < self.max_image_bytes + 64 * 1024:
+            raise ValueError("max_upload_buffer_bytes must be at least max_image_bytes + 64 KiB (multipart overhead)")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -1,42 +1,70 @@
-"""Read the uploaded image's bytes: multipart field `image` or a raw `image/*` body, size-capped throughout.
+"""Read the uploaded image's bytes: multipart field `image` or a raw `image/*` body, bounded in size, in
+time and, across all requests, in memory.
 
-The cap is enforced twice: against Content-Length before reading a byte, and while reading, so a
-missing or lying Content-Length (chunked uploads) cannot make us buffer more than the limit.
+- Size: against Content-Length before reading a byte, and while reading, so a missing or lying
+  Content-Length (chunked uploads) cannot make us buffer more than the limit (413).
+- Time: the whole body must arrive by a deadline (BODY_TIMEOUT_S, never past the request's own), else
+  408 and the connection is closed, as nginx's client_body_timeout does; a client trickling a byte a
+  second holds a connection for that long, and nothing else.
+- Memory: every body being read or decoded counts its bytes received so far against one budget
+  (MAX_UPLOAD_BUFFER_BYTES); past it, 429 `uploads_full`. Counted as received, so slow clients that
+  announce 20 MB and send 10 bytes cost 10 bytes.
+- Disk: none. Multipart bodies are parsed in memory (multipart.py), never spooled to /tmp.
 """
 
 from __future__ import annotations
 
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message, Receive
+import asyncio
+import time
+
+from starlette.requests import Request
 
 from service.errors import ApiError, bad_image, client_gone, too_large, unsupported
+from service.multipart import FIELD, image_part
 
 RAW_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "image/webp"})
 MULTIPART = "multipart/form-data"
-FIELD = "image"
 # Boundaries and part headers around the file; generous, and still bounded.
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-class _BodyTooLarge(Exception):
-    pass
+class UploadBudget:
+    """Bytes of request bodies held in memory by all requests together. Event-loop only: no lock needed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
-    received = 0
+class Reservation:
+    """One request's share of the budget; `release` (idempotent) gives it back once the bytes are dropped."""
 
-    async def capped_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _BodyTooLarge
-        return message
+    def __init__(self, budget: UploadBudget) -> None:
+        self._budget = budget
+        self.held = 0
 
-    return capped_receive
+    def add(self, size: int) -> None:
+        budget = self._budget
+        if budget.held + size > budget.limit:
+            raise ApiError(
+                429,
+                "uploads_full",
+                f"the server holds {budget.limit} bytes of uploads in flight already; retry in 1 s",
+                {"Retry-After": "1"},
+            )
+        budget.held += size
+        self.held += size
+
+    def shrink_to(self, size: int) -> None:
+        size = min(size, self.held)
+        self._budget.held -= self.held - size
+        self.held = size
+
+    def release(self) -> None:
+        self.shrink_to(0)
 
 
 def _declared_length(request: Request) -> int | None:
@@ -49,28 +77,40 @@ def _declared_length(request: Request) -> int | None:
         raise ApiError(400, "bad_request", "Content-Length is not a number") from None
 
 
-async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _limit_for(media_type: str, max_bytes: int) -> int:
     if media_type == MULTIPART:
-        limit = max_bytes + MULTIPART_OVERHEAD
-    elif media_type in RAW_TYPES:
-        limit = max_bytes
-    else:
-        shown = media_type or "none"
-        raise unsupported(
-            f"Content-Type {shown} is not accepted; send multipart/form-data with a field {FIELD!r}, "
-            "or the raw image as image/jpeg, image/png or image/webp"
-        )
+        return max_bytes + MULTIPART_OVERHEAD
+    if media_type in RAW_TYPES:
+        return max_bytes
+    shown = media_type or "none"
+    raise unsupported(
+        f"Content-Type {shown} is not accepted; send multipart/form-data with a field {FIELD!r}, "
+        "or the raw image as image/jpeg, image/png or image/webp"
+    )
+
+
+async def read_image_bytes(request: Request, max_bytes: int, reservation: Reservation, deadline: float) -> bytes:
+    """The image's bytes; `deadline` is a time.perf_counter() by which the whole body must have arrived."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    limit = _limit_for(media_type, max_bytes)
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         raise too_large(f"the upload is {declared} bytes; the limit is {max_bytes}")
-    capped = Request(request.scope, _capped(request.receive, limit))
+    allowed_s = deadline - time.perf_counter()
     try:
-        data = await (_read_form(capped) if media_type == MULTIPART else capped.body())
-    except _BodyTooLarge:
-        raise too_large(f"the upload exceeds the limit of {max_bytes} bytes") from None
-    except ClientDisconnect:
-        raise client_gone("the client went away during the upload") from None
+        async with asyncio.timeout(allowed_s):
+            body = await _read_body(request, limit, max_bytes, reservation)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the upload did not arrive within {max(allowed_s, 0):.3g} s", {"Connection": "close"}
+        ) from None
+    if media_type == MULTIPART:
+        data = image_part(body, content_type)
+        del body
+        reservation.shrink_to(len(data))
+    else:
+        data = body
     if len(data) > max_bytes:
         raise too_large(f"the image is {len(data)} bytes; the limit is {max_bytes}")
     if not data:
@@ -78,17 +118,20 @@ async def read_image_bytes(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-async def _read_form(request: Request) -> bytes:
-    try:
-        form = await request.form(max_files=1, max_fields=8, max_part_size=MULTIPART_OVERHEAD)
-    except HTTPException as exc:  # Starlette's verdict on a malformed multipart body
-        raise ApiError(400, "invalid_multipart", str(exc.detail)) from None
-    try:
-        part = form.get(FIELD)
-        if part is None:
-            raise ApiError(422, "invalid_parameter", f"multipart field {FIELD!r} is missing")
-        if not isinstance(part, UploadFile):
-            raise ApiError(422, "invalid_parameter", f"multipart field {FIELD!r} must be a file, not text")
-        return await part.read()
-    finally:
-        await form.close()
+async def _read_body(request: Request, limit: int, max_bytes: int, reservation: Reservation) -> bytes:
+    # Straight from the ASGI receive channel: Starlette's request.stream() would do the same, minus the cap.
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise client_gone("the client went away during the upload")
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise too_large(f"the upload exceeds the limit of {max_bytes} bytes")
+        if chunk:
+            reservation.add(len(chunk))
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
