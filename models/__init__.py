@@ -7,6 +7,7 @@ from models.masks import InstanceMasks, Region, run_lengths
 from models.predictors import (
     Acceleration,
     Detections,
+    ImageRefusedError,
     Predictor,
     Query,
     SemanticMap,
@@ -25,6 +26,7 @@ __all__ = [
     "TASKS",
     "Category",
     "Detections",
+    "ImageRefusedError",
     "Manifest",
     "Predictor",
     "Query",
