@@ -8,6 +8,7 @@ from models.masks import InstanceMasks, Region, run_lengths
 from models.predictors import (
     Acceleration,
     Detections,
+    ImageRefusedError,
     Predictor,
     Query,
     Result,
@@ -27,6 +28,7 @@ __all__ = [
     "TASKS",
     "Category",
     "Detections",
+    "ImageRefusedError",
     "Manifest",
     "Predictor",
     "Query",

@@ -64,6 +64,13 @@ class SemanticMap:
 Result = Detections | SemanticMap  # what a predictor returns per image
 
 
+class ImageRefusedError(ValueError):
+    """This image, not the code, is why the model cannot answer (e.g. too thin for the network's input).
+
+    The one exception a server may report as the client's doing (422): any other exception raised while
+    predicting, ValueErrors included, is a bug, and is reported as one (500)."""
+
+
 def check_image(image: Tensor) -> None:
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 tensor of shape [3, H, W], got {image.dtype} {tuple(image.shape)}")
@@ -113,6 +120,10 @@ class Predictor(ABC):
         for image in images:
             check_image(image)
         shapes = [self.input_shape(*image.shape[-2:]) for image in images]
+        for image, shape in zip(images, shapes, strict=True):
+            if min(shape) < 1:  # torchvision would fail deep inside its resize
+                height, width = image.shape[-2:]
+                raise ImageRefusedError(f"a {width}x{height} image is less than a pixel thin at the model's input size")
         results: dict[int, Result] = {}
         for group in group_by_shape(shapes, self.size_divisor, self.max_padding_waste):
             self.padding.add([shapes[i] for i in group], self.size_divisor)

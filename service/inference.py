@@ -24,7 +24,7 @@ import torch
 from starlette.requests import Request
 from starlette.types import Receive
 
-from models import Query
+from models import ImageRefusedError, Query
 from service.admission import (
     BatcherStoppedError,
     DeadlineExceededError,
@@ -113,9 +113,9 @@ async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, 
     except torch.cuda.OutOfMemoryError:
         # Even alone, this image does not fit in device memory (the batch was halved down to it).
         raise ApiError(507, "out_of_memory", f"the {task} model ran out of device memory on this image") from None
-    except ValueError as exc:  # the predictor refused this image (its neighbours in the batch still ran)
+    except ImageRefusedError as exc:  # the predictor refused this image (its neighbours in the batch still ran)
         raise ApiError(422, "unprocessable_image", f"the model cannot process this image: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # any other error, ValueErrors included, is a bug of ours: logged, counted, 500
         log.exception("%s inference failed", task)
         raise ApiError(500, "inference_failed", f"{task} inference failed; see the server log") from exc
 

@@ -234,8 +234,10 @@ class Runtime:
         return not self.draining and all(model.state == "ready" for model in self.models.values())
 
     def unhealthy(self) -> str | None:
-        """Why the inference machinery is broken (a worker died, or a batch hangs), or None."""
+        """Why the inference machinery is broken (a warm-up failed, a worker died, a batch hangs), or None."""
         for task, model in self.models.items():
+            if model.state == "failed":  # it would never become ready: a restart (or a fixed store) is needed
+                return f"the warm-up of {task} failed; see the server log"
             if not model.batcher.running:
                 return f"the {task} batching worker has stopped"
             if model.batcher.busy_s > self.settings.inference_timeout_s:
@@ -251,7 +253,7 @@ class Runtime:
                 model.choice = await loop.run_in_executor(self.executors[task], warm, model.predictor, self.settings)
             except Exception:
                 model.state = "failed"
-                log.exception("warm-up of %s failed; /readyz stays 503", task)
+                log.exception("warm-up of %s failed; /readyz and /healthz answer 503", task)
                 continue
             model.state = "ready"
             self.metrics.runtime_chosen(model.choice)

@@ -6,7 +6,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models import DEFAULT_ARCH, Category, Detections, Manifest, Query, SemanticMap, load_predictor, make_predictor
+from models import (
+    DEFAULT_ARCH,
+    Category,
+    Detections,
+    ImageRefusedError,
+    Manifest,
+    Query,
+    SemanticMap,
+    load_predictor,
+    make_predictor,
+)
 from models.registry import SMALL_FCN_INPUT, TASKS, arch_names, build_model
 
 
@@ -140,6 +150,20 @@ def test_bad_images_raise_value_error(random_store: Path) -> None:
     with pytest.raises(ValueError, match="queries"):
         predictor.predict([torch.zeros(3, 10, 10, dtype=torch.uint8)], [])
     assert DEFAULT_ARCH["segment"] == predictor.manifest.arch
+
+
+def test_only_images_the_model_cannot_take_are_refused(random_store: Path) -> None:
+    """A caller's bad tensor is a plain ValueError (a bug); an image too thin for the R-CNN's resize is the
+    image's doing: ImageRefusedError, which a server may answer as the client's error."""
+    predictor = load_predictor(random_store, "detect")
+    transform = predictor.model.transform
+    long_side = int(transform.max_size) * 3  # shrunk to max_size: its 1-pixel side would become 0
+    with pytest.raises(ImageRefusedError, match="thin"):
+        predictor.predict([torch.zeros(3, 1, long_side, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="uint8") as bug:
+        predictor.predict([torch.zeros(3, 10, 10)])
+    assert not isinstance(bug.value, ImageRefusedError)
+    assert len(predictor.predict([torch.zeros(3, 4, long_side, dtype=torch.uint8)])) == 1  # thick enough
 
 
 def test_results_in_a_larger_frame_are_the_images_own_scaled_up(random_store: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 from pycocotools import mask as mask_utils
 from service_helpers import WrappedPredictor, as_raw, blocks_image, encode, metric_samples, serve, settings_for
 
-from models import Predictor, SemanticMap
+from models import ImageRefusedError, Predictor, SemanticMap
 
 pytestmark = [
     pytest.mark.anyio,
@@ -95,7 +95,7 @@ async def test_a_poisoned_image_fails_alone(store: Path, predictors: dict[str, P
     def choke(images: Sequence[torch.Tensor]) -> None:
         if any(im[:, 0, 0].tolist() == [1, 2, 3] for im in images):
             poisoned_batches.append(len(images))
-            raise ValueError("this image upsets the model")
+            raise ImageRefusedError("this image upsets the model")
 
     wrapped = WrappedPredictor(predictors["segment"], before_batch=choke)
     settings = settings_for(store, tasks="segment", max_batch_size=8, max_wait_ms=300)
@@ -115,6 +115,41 @@ async def test_a_poisoned_image_fails_alone(store: Path, predictors: dict[str, P
             assert np.array_equal(_label_map(response.json()), own.labels.numpy())  # type: ignore[union-attr]
     rejected = metric_samples(metrics, "densepred_requests_rejected_total")
     assert rejected['{reason="unprocessable_image",task="segment"}'] == 1
+
+
+async def test_a_bug_inside_inference_is_a_logged_counted_500_not_a_client_error(
+    store: Path, predictors: dict[str, Predictor], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ValueError that is not ImageRefusedError is the server's own bug (a strict zip, pydantic, numpy):
+    500 inference_failed with the traceback in the log, never 422 blaming the client's image."""
+    marked = blocks_image(320, 64, 80)
+    marked[0, 0] = (4, 5, 6)
+
+    def bug(images: Sequence[torch.Tensor]) -> None:
+        if any(im[:, 0, 0].tolist() == [4, 5, 6] for im in images):
+            list(zip([1, 2], [1], strict=True))  # ValueError: a bug, not the image's fault
+
+    wrapped = WrappedPredictor(predictors["segment"], before_batch=bug)
+    settings = settings_for(store, tasks="segment", max_batch_size=4, max_wait_ms=300)
+    images = [blocks_image(321 + i, 64, 80) for i in range(3)]
+    images.insert(1, marked)
+    with caplog.at_level("ERROR", logger="service.inference"):
+        async with serve(settings, lambda task, device: wrapped) as client:
+            responses = await asyncio.gather(*(client.post("/segment", **as_raw(encode(im))) for im in images))
+            metrics = (await client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [200, 500, 200, 200]
+    assert responses[1].json()["error"]["code"] == "inference_failed"
+    assert "zip()" not in responses[1].text  # the details stay in the log
+    failures = [r for r in caplog.records if r.name == "service.inference" and r.exc_info]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[0] is ValueError
+    assert "zip()" in str(failures[0].exc_info[1])
+    rejected = metric_samples(metrics, "densepred_requests_rejected_total")
+    assert rejected['{reason="inference_failed",task="segment"}'] == 1
+    assert '{reason="unprocessable_image",task="segment"}' not in rejected
+    duration = metric_samples(metrics, "densepred_request_duration_seconds_count")
+    assert duration['{endpoint="/segment",status="500"}'] == 1
 
 
 def _blocked_service(store: Path, predictors: dict[str, Predictor], **overrides: Any) -> Any:
