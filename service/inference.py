@@ -33,7 +33,7 @@ from service.admission import (
 from service.batching import Completed
 from service.errors import ApiError
 from service.imaging import DecodedImage, decode_image
-from service.runtime import Answer, Job, Runtime, TaskModel
+from service.runtime import Job, Output, Runtime, TaskModel
 from service.uploads import read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _retry_later(code: str, reason: str, retry_after_s: float) -> ApiError:
 
 async def run(
     request: Request, runtime: Runtime, model: TaskModel, job_query: Query, deadline: float
-) -> tuple[DecodedImage, Completed[Answer]]:
+) -> tuple[DecodedImage, Completed[Output]]:
     """Admit, read, decode, queue and wait; every failure is an ApiError. `deadline` is a perf_counter time."""
     task = model.manifest.task
     try:
@@ -76,7 +76,7 @@ async def run(
     return image, completed
 
 
-async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Answer]:
+async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Output]:
     task = model.manifest.task
     if timeout_s <= 0:
         raise ApiError(504, "deadline_exceeded", f"the request timeout passed before the {task} queue was reached")
