@@ -3,6 +3,7 @@
 Shutdown, as orchestrators expect it: on SIGTERM `/readyz` turns 503 at once, the server keeps
 serving for DRAIN_DELAY_S (so load balancers stop routing here), then stops accepting connections,
 lets the requests in flight and in the queues finish (bounded by the request timeout), and exits 0.
+SIGHUP reloads the models whose store entry has a new version (service/reload.py), as POST /models/reload.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import begin_drain, create_app
+from service.app import begin_drain, create_app, request_reload
 from service.connections import guarded_protocol
 from service.settings import Settings
 
@@ -29,9 +30,16 @@ log = logging.getLogger(__name__)
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with the shutdown above. A second signal skips the delay; a second Ctrl-C forces exit."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None], drain_delay_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        drain_delay_s: float,
+        on_hangup: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self._on_signal = on_signal
+        self._on_hangup = on_hangup
         self._drain_delay_s = drain_delay_s
         self._signalled = False
 
@@ -45,11 +53,12 @@ class DrainingServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._terminate)
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)  # reload the models (service/reload.py)
         try:
             yield
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
 
     def _terminate(self) -> None:
         if self._signalled:
@@ -92,7 +101,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         # Requests in flight cannot wait longer than the request timeout; give them that, plus a margin.
         timeout_graceful_shutdown=math.ceil(settings.request_timeout_s) + 5,
     )
-    server = DrainingServer(config, lambda: begin_drain(app), settings.drain_delay_s)
+    server = DrainingServer(config, lambda: begin_drain(app), settings.drain_delay_s, lambda: request_reload(app))
     server.run()
     if not server.started:
         sys.exit(3)  # startup failed (uvicorn's own code for it): the log says why

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from service import probes
 from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
+from service.reload import Reloader
 from service.routes import ROUTERS, STRICT_QUERY
 from service.runtime import Loader, Runtime
 from service.security import UNAUTHORIZED, api_key_dependency
@@ -25,7 +26,7 @@ from service.uploads import UploadBudget
 
 log = logging.getLogger(__name__)
 
-OPS_ENDPOINTS = ("/healthz", "/readyz", "/models", "/metrics")
+OPS_ENDPOINTS = ("/healthz", "/readyz", "/models", "/models/reload", "/metrics")
 
 
 class State(TypedDict):
@@ -33,6 +34,7 @@ class State(TypedDict):
 
     runtime: Runtime
     uploads: UploadBudget  # bytes of uploads in memory, all requests together (uploads.py)
+    reloader: Reloader
 
 
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
@@ -45,17 +47,23 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         runtime = await Runtime.open(settings, metrics, loader)
         uploads = UploadBudget(settings.max_upload_buffer_bytes)
         metrics.upload_buffer.set_function(lambda: uploads.held)
-        app.state.runtime = runtime  # for begin_drain, which the server calls from outside any request
+        reloader = Reloader(runtime)
+        # For begin_drain and request_reload, which the server calls from outside any request.
+        app.state.runtime, app.state.reloader = runtime, reloader
         # Serve /healthz and /readyz (503) while warming; inference routes answer 503 until then.
         warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
+        if getattr(app.state, "reload_requested", False):  # a SIGHUP came while the models were loading
+            reloader.request("SIGHUP")
+        reloader.start_polling(settings.reload_interval_s)
         try:
-            yield {"runtime": runtime, "uploads": uploads}
+            yield {"runtime": runtime, "uploads": uploads, "reloader": reloader}
         finally:
+            await reloader.close()
             warm.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm
             await runtime.close()
-            app.state.runtime = None
+            app.state.runtime = app.state.reloader = None
             log.info("stopped")
 
     app = FastAPI(
@@ -84,6 +92,16 @@ def begin_drain(app: FastAPI) -> None:
     if runtime is not None:
         runtime.draining = True
         log.info("draining: /readyz is 503 from now on")
+
+
+def request_reload(app: FastAPI) -> None:
+    """On SIGHUP: reload as POST /models/reload does; logged, since nobody receives an answer."""
+    reloader = getattr(app.state, "reloader", None)
+    if reloader is None:
+        app.state.reload_requested = True  # still loading: reload once started, with what changed since
+        log.info("SIGHUP: reloading once start-up is done")
+        return
+    reloader.request("SIGHUP")
 
 
 def _document_optional_parameters_plainly(app: FastAPI) -> None:

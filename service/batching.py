@@ -12,6 +12,7 @@ Overload and faults are handled here too: a caller may `admit` itself before doi
 (so a full queue, or one estimated too slow for the caller's deadline, refuses at once, before any
 upload is read), an item whose deadline passes while it waits is never computed, a failing batch is
 retried item by item or halved (batch_runner.py), and a worker that dies fails its waiting items at once.
+`swap` changes the batch function between batches (a model reload) without touching the queue.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Batcher(Generic[In, Out]):
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.max_concurrent_batches = max_concurrent_batches
+        self._split_on, self._on_split = split_on, on_split
         self._runner = BatchRunner(fn, name=name, split_on=split_on, on_split=on_split)
         self._observer: BatchObserver = observer or _NoObserver()
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue(maxsize=max_queue)
@@ -190,6 +192,17 @@ class Batcher(Generic[In, Out]):
             # Do not wait here: a batch still on the thread finishes on its own, its result is dropped.
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
+
+    def swap(
+        self, fn: Callable[[list[In]], Sequence[Out]], cost: Callable[[In], float] | None = None
+    ) -> set[asyncio.Task[None]]:
+        """Run every batch that starts from now on through `fn` (a batch boundary: those running finish with
+        the function they started with). Returns those batches, for the caller to await before it frees what
+        the old function holds. Queued items stay queued: nothing is dropped or failed."""
+        self._runner = BatchRunner(fn, name=self.name, split_on=self._split_on, on_split=self._on_split)
+        if cost is not None:
+            self._cost = cost
+        return set(self._running)
 
     def admit(self, within_s: float | None = None) -> Ticket:
         """Reserve a place before preparing an item; raises QueueFullError at once when there is none, and
@@ -306,7 +319,8 @@ class Batcher(Generic[In, Out]):
         for pending in batch:
             self._observer.queue_wait(started - pending.enqueued)
         loop = asyncio.get_running_loop()
-        outcomes = await loop.run_in_executor(self._executor, self._runner.run, [p.item for p in batch])
+        runner = self._runner  # taken as the batch starts: a swap from now on applies to the next batch
+        outcomes = await loop.run_in_executor(self._executor, runner.run, [p.item for p in batch])
         seconds = time.perf_counter() - started
         self._batch_s = _average(self._batch_s, seconds)
         self._item_s = _average(self._item_s, seconds / len(batch))

@@ -36,7 +36,7 @@ from service.admission import (
 from service.batching import Completed
 from service.errors import ApiError, client_gone
 from service.imaging import DecodedImage, decode_image
-from service.runtime import Answer, Job, Runtime, TaskModel
+from service.runtime import Job, Output, Runtime, TaskModel
 from service.uploads import UploadBudget, read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _retry_later(code: str, reason: str, retry_after_s: float) -> ApiError:
 
 async def run(
     request: Request, runtime: Runtime, uploads: UploadBudget, model: TaskModel, job_query: Query, deadline: float
-) -> tuple[DecodedImage, Completed[Answer]]:
+) -> tuple[DecodedImage, Completed[Output]]:
     """Check, read, admit, decode, queue and wait; every failure is an ApiError. `deadline`: a perf_counter time."""
     settings = runtime.settings
     with _admit(model, deadline):  # only a check: released at once, so a slow upload holds no place
@@ -89,7 +89,7 @@ def _admit(model: TaskModel, deadline: float) -> Ticket:
         raise _stopped(exc) from None
 
 
-async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Answer]:
+async def _wait(request: Request, model: TaskModel, job: Job, timeout_s: float, ticket: Ticket) -> Completed[Output]:
     task = model.manifest.task
     if timeout_s <= 0:
         raise ApiError(504, "deadline_exceeded", f"the request timeout passed before the {task} queue was reached")

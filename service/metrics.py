@@ -14,6 +14,7 @@ from models.shape_groups import PaddingStats
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+RELOAD_RESULTS = ("reloaded", "failed")
 
 
 class Metrics:
@@ -71,10 +72,32 @@ class Metrics:
             registry=r,
         )
         self._runtime_labels: dict[str, tuple[str, ...]] = {}
+        self.model_info = Gauge(
+            "densepred_model_info", "1 for the model version each task serves.", ["task", "version", "arch"],
+            registry=r,
+        )  # fmt: skip
+        self.model_reloads = Counter(
+            "densepred_model_reloads_total",
+            "Reloads that found a new version in the store, by outcome (reloaded, failed).",
+            ["task", "result"],
+            registry=r,
+        )
+        self._served: dict[str, tuple[str, str]] = {}  # task -> the (version, arch) of its info series
         for task in tasks:
             # Touch each per-task series so dashboards see zeros, not gaps, before the first request.
             for family in (self.queue_wait, self.inference_duration, self.batch_size, self.queue_depth):
                 family.labels(task=task)
+            for result in RELOAD_RESULTS:
+                self.model_reloads.labels(task=task, result=result)
+
+    def serving(self, task: str, version: str, arch: str) -> None:
+        """The info series says what `task` serves now; the replaced version's series goes (not 0: a
+        version served once would otherwise stay in every scrape)."""
+        previous = self._served.pop(task, None)
+        if previous is not None and previous != (version, arch):
+            self.model_info.remove(task, *previous)
+        self.model_info.labels(task=task, version=version, arch=arch).set(1)
+        self._served[task] = (version, arch)
 
     def watch_padding(self, task: str, stats: PaddingStats) -> None:
         """Padding figures read off a predictor's own counters at each scrape."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import ApiError
+from service.reload import Reloader, utc
 from service.routes import RuntimeDep
-from service.schemas import ErrorBody, Health, ManifestInfo, ModelList, Readiness
+from service.schemas import ErrorBody, Health, ModelList, Readiness, ReloadReport, ServedModelInfo
 
 router = APIRouter(tags=["operations"])
 
@@ -41,13 +44,35 @@ catalog_router = APIRouter(tags=["operations"])
 
 
 @catalog_router.get("/models", response_model=ModelList, summary="Manifests of the served models")
-async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(
-        models=[
-            ManifestInfo.model_validate(m.manifest.to_json() | {"runtime": m.choice.to_json() if m.choice else None})
-            for m in runtime.models.values()
-        ]
-    )
+async def list_models(request: Request, runtime: RuntimeDep) -> ModelList:
+    """Each served model's manifest, when it was loaded, the version it replaced, and the last reload."""
+    last = cast(Reloader, request.state.reloader).last
+    served = [
+        {**m.manifest.to_json(), "loaded_at": utc(m.loaded_at), "previous_version": m.previous,
+         "last_reload": last.get(task), "runtime": m.choice.to_json() if m.choice else None}
+        for task, m in runtime.models.items()
+    ]  # fmt: skip
+    return ModelList(models=[ServedModelInfo.model_validate(info) for info in served])
+
+
+_RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": ReloadReport, "description": "A task's new version failed (`error.code` reload_failed; the "
+          "report says which and why; the versions before serve on), or another reload is running "
+          "(`reload_in_progress`, an error body only)."},
+    503: {"model": ErrorBody, "description": "Still starting up, or shutting down."},
+}  # fmt: skip
+
+
+@catalog_router.post(
+    "/models/reload", response_model=ReloadReport, responses=_RELOAD_ERRORS, summary="Serve the store's new versions"
+)
+async def reload_models(request: Request) -> Response:
+    """Load, verify and warm every task's new version in the store beside the running model, then switch
+    at a batch boundary; a version that fails leaves the one before serving. 200 once every task serves its
+    store's version, 409 otherwise. SIGHUP does the same."""
+    report = await cast(Reloader, request.state.reloader).reload("POST /models/reload")
+    body = report.model_dump_json(exclude={"error"} if report.error is None else None)
+    return Response(body, status_code=200 if report.ok else 409, media_type="application/json")
 
 
 _METRICS_EXAMPLE = 'densepred_queue_depth{task="detect"} 0.0\ndensepred_batch_size_count{task="detect"} 42.0\n'

@@ -21,7 +21,7 @@ from service import inference, responses
 from service.batching import Completed
 from service.errors import ApiError, invalid_parameter
 from service.imaging import DecodedImage
-from service.runtime import Answer, Runtime, TaskModel
+from service.runtime import Answer, Output, Runtime, TaskModel
 from service.schemas import (
     Detection,
     DetectResponse,
@@ -196,15 +196,14 @@ ROUTERS = {"segment": segment_router, "detect": detect_router, "instances": inst
 
 @dataclass
 class _Run:
-    model: TaskModel
     image: DecodedImage
-    completed: Completed[Answer]
+    completed: Completed[Output]
     started: float
 
     @property
     def items(self) -> Answer:
         """The answer's detections or segments, in the upload's pixels (built on the inference thread)."""
-        return self.completed.value
+        return self.completed.value.items
 
     def envelope(self) -> dict[str, Any]:
         """The fields every inference response shares; `total` is taken now, as the response is built."""
@@ -214,7 +213,8 @@ class _Run:
             total=round((time.perf_counter() - self.started) * 1000, 3),
         )
         return {
-            "model": responses.model_info(self.model.manifest),
+            # The model that computed this answer: after a reload, the runtime may serve another already.
+            "model": responses.model_info(self.completed.value.manifest),
             "image": ImageInfo(width=self.image.width, height=self.image.height),
             "timing_ms": timing,
         }
@@ -246,7 +246,7 @@ async def _infer(
     except ApiError as exc:
         runtime.metrics.rejected.labels(task=task, reason=exc.code).inc()
         raise
-    return _Run(model, image, completed, started)
+    return _Run(image, completed, started)
 
 
 def _class_ids(model: TaskModel, classes: str | None) -> frozenset[int] | None:

@@ -21,6 +21,7 @@ import ctypes
 import gc
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,17 +75,35 @@ class Job:
 Answer = list[Detection] | list[InstanceDetection] | list[Segment]
 
 
+@dataclass(frozen=True)
+class Output:
+    """One image's answer, and the manifest of the model that computed it: a reload may switch models
+    between two batches, and each response names the version that answered it."""
+
+    items: Answer
+    manifest: Manifest
+
+
 @dataclass
 class TaskModel:
     predictor: ServedModel
-    batcher: Batcher[Job, Answer]
+    batcher: Batcher[Job, Output]
     limits: Limits  # for decoding this model's uploads
     state: str = "warming"  # then "ready", or "failed" if the warm-up pass raised
     choice: RuntimeChoice | None = None  # the runtime it runs with, chosen at warm-up (service/warming.py)
     names: dict[int, str] = field(init=False)
+    loaded_at: float = field(default_factory=time.time)  # epoch seconds
+    previous: str | None = None  # the version this one replaced (a reload), if any
 
     def __post_init__(self) -> None:
         self.names = self.predictor.manifest.category_names()
+
+    def replace(self, predictor: ServedModel) -> ServedModel:
+        """Serve `predictor` from the next batch on (see Batcher.swap); returns the one it replaces."""
+        old, self.predictor = self.predictor, predictor
+        self.names = predictor.manifest.category_names()
+        self.previous, self.loaded_at, self.state = old.manifest.version, time.time(), "ready"
+        return old
 
     @property
     def manifest(self) -> Manifest:
@@ -107,16 +126,17 @@ def store_loader(settings: Settings) -> Loader:
     return load
 
 
-def _batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Answer]]:
+def batch_fn(predictor: ServedModel) -> Callable[[list[Job]], list[Output]]:
     """Predict a batch in the uploads' pixels and turn each result into its answer's items (RLE), on this
     thread."""
-    task, names = predictor.manifest.task, predictor.manifest.category_names()
+    manifest = predictor.manifest
+    task, names = manifest.task, manifest.category_names()
 
-    def run(jobs: list[Job]) -> list[Answer]:
+    def run(jobs: list[Job]) -> list[Output]:
         images = [job.image.tensor for job in jobs]
         frames = [(job.image.height, job.image.width) for job in jobs]
         results = predictor.predict(images, [job.query for job in jobs], frames)
-        return [_answer(task, result, names) for result in results]
+        return [Output(_answer(task, result, names), manifest) for result in results]
 
     return run
 
@@ -142,7 +162,7 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
+def job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
     """A job's cost for the batch's pixel budget: pixels at the model's input size (R-CNNs upscale)."""
     input_shape = getattr(predictor, "input_shape", None)
 
@@ -155,20 +175,31 @@ def _job_pixels(predictor: ServedModel) -> Callable[[Job], float]:
     return pixels
 
 
-def _make_batcher(
-    task: str, predictor: ServedModel, settings: Settings, metrics: Metrics, executor: Executor
-) -> Batcher[Job, Answer]:
+def configure(predictor: ServedModel, settings: Settings) -> None:
+    """The service's limits on a freshly loaded predictor, before its warm-up (at start-up and on reload)."""
     # Boxes beyond the cap would be dropped anyway; cutting them inside the model also bounds the
     # mask work (optional, like the padding figures: a test double may not have them).
     limit = getattr(predictor, "limit_detections", None)
     if callable(limit):
         limit(settings.max_detections)
+    if getattr(predictor, "padding", None) is not None:
+        setattr(predictor, "max_padding_waste", settings.max_padding_waste)  # noqa: B010 (optional attribute)
+
+
+def watch(task: str, predictor: ServedModel, metrics: Metrics) -> None:
+    """Point the per-model metrics at the predictor being served (padding counters restart with it)."""
     padding = getattr(predictor, "padding", None)
     if padding is not None:
-        setattr(predictor, "max_padding_waste", settings.max_padding_waste)  # noqa: B010 (optional attribute)
         metrics.watch_padding(task, padding)
+    metrics.serving(task, predictor.manifest.version, predictor.manifest.arch)
+
+
+def _make_batcher(
+    task: str, predictor: ServedModel, settings: Settings, metrics: Metrics, executor: Executor
+) -> Batcher[Job, Output]:
+    watch(task, predictor, metrics)
     return Batcher(
-        _batch_fn(predictor),
+        batch_fn(predictor),
         name=task,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000,
@@ -176,7 +207,7 @@ def _make_batcher(
         observer=metrics.observer(task),
         split_on=(torch.cuda.OutOfMemoryError,),
         on_split=release_device_memory,
-        cost=_job_pixels(predictor),
+        cost=job_pixels(predictor),
         max_batch_cost=settings.max_batch_pixels,
         executor=executor,
         max_concurrent_batches=settings.inference_workers,
@@ -192,8 +223,10 @@ class Runtime:
         models: dict[str, TaskModel],
         executors: dict[str, ThreadPoolExecutor],
         cores: int,
+        load: Loader,
     ):
         self.settings = settings
+        self.load = load
         self.metrics = metrics
         self.device = device
         self.models = models
@@ -201,6 +234,8 @@ class Runtime:
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
         self.decode_limiter = anyio.CapacityLimiter(max(2, cores))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
+        self.warmed = False  # the start-up warm-up has run (whatever its outcome): reloads may start
+        self.reload_executor: ThreadPoolExecutor | None = None  # see reload_thread
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, loader: Loader | None = None) -> Runtime:
@@ -212,22 +247,40 @@ class Runtime:
         if compute and not settings.cpu_threads and device.type == "cpu":
             log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", compute)
         executors = inference_threads(settings.tasks, device, settings.inference_workers, compute)
-        loop = asyncio.get_running_loop()
-        models: dict[str, TaskModel] = {}
+        runtime = cls(settings, metrics, device, {}, executors, settings.cpu_threads or available, load)
+        runtime.reload_executor = reload_thread(device, settings.inference_workers, compute)
         for task in settings.tasks:
             try:
-                predictor = await loop.run_in_executor(executors[task], load, task, device)
+                predictor = await runtime.load_model(task)
             except BaseException:
                 for executor in set(executors.values()):  # startup fails: leave no thread behind
                     executor.shutdown(wait=False)
                 raise
             batcher = _make_batcher(task, predictor, settings, metrics, executors[task])
-            models[task] = TaskModel(predictor, batcher, image_limits(settings))
+            runtime.models[task] = TaskModel(predictor, batcher, image_limits(settings))
             m = predictor.manifest
             log.info("loaded %s: %s version %s on %s", task, m.arch, m.version or "-", device)
-        for model in models.values():
+        for model in runtime.models.values():
             model.batcher.start()
-        return cls(settings, metrics, device, models, executors, settings.cpu_threads or available)
+        return runtime
+
+    async def load_model(self, task: str, executor: Executor | None = None) -> ServedModel:
+        """Load the store's entry for `task`, with the service's limits set: start-up (on the task's inference
+        thread) and reloads (on `executor`, the reload thread) load through here, so a model is loaded one
+        way whatever loads it."""
+        loop = asyncio.get_running_loop()
+        predictor = await loop.run_in_executor(executor or self.executors[task], self.load, task, self.device)
+        configure(predictor, self.settings)
+        return predictor
+
+    async def warm_model(
+        self, task: str, predictor: ServedModel, executor: Executor | None = None
+    ) -> RuntimeChoice:
+        """Choose the runtime and run the warm-up pass (service/warming.py): at start-up on the thread that will
+        run the model's batches, on a reload on the reload thread, whose OpenMP team is the same size.
+        Start-up and reloads warm through here."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor or self.executors[task], warm, predictor, self.settings)
 
     @property
     def ready(self) -> bool:
@@ -247,10 +300,9 @@ class Runtime:
     async def warm_up(self) -> None:
         """Choose each model's runtime and run its warm-up pass, off the event loop (service/warming.py);
         readiness flips once all have passed. With COMPILE, compiling starts after that, in the background."""
-        loop = asyncio.get_running_loop()
         for task, model in self.models.items():
             try:
-                model.choice = await loop.run_in_executor(self.executors[task], warm, model.predictor, self.settings)
+                model.choice = await self.warm_model(task, model.predictor)
             except Exception:
                 model.state = "failed"
                 log.exception("warm-up of %s failed; /readyz and /healthz answer 503", task)
@@ -258,6 +310,7 @@ class Runtime:
             model.state = "ready"
             self.metrics.runtime_chosen(model.choice)
             log.info("%s is warm", task)
+        self.warmed = True
         if self.ready:
             log.info("ready. Try:\n%s", "\n".join(curl_examples(self.settings)))
         for task, model in self.models.items():
@@ -267,8 +320,9 @@ class Runtime:
     async def close(self) -> None:
         for model in self.models.values():
             await model.batcher.stop()
-        for executor in set(self.executors.values()):
-            # Do not wait: a batch still running finishes on its own, its result is dropped.
+        extra = [self.reload_executor] if self.reload_executor is not None else []
+        for executor in {*self.executors.values(), *extra}:
+            # Do not wait: a batch (or a reload's load) still running finishes on its own, its result dropped.
             executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -278,11 +332,21 @@ def inference_threads(
     """The threads batches run on: on a CPU `workers` threads shared by every model, splitting the cores
     (`cpu_threads` of them, or torch's default) between them; on a GPU `workers` threads per model."""
     if device.type == "cpu":
-        # torch's default is the physical cores; one worker on all of them keeps torch's settings untouched.
-        cores = cpu_threads or torch.get_num_threads()
-        torch_threads = max(1, cores // workers) if workers > 1 or cpu_threads else None
-        return dict.fromkeys(tasks, _inference_threads("inference", workers, torch_threads))
+        return dict.fromkeys(tasks, _inference_threads("inference", workers, _team(workers, cpu_threads)))
     return {task: _inference_threads(f"infer-{task}", workers) for task in tasks}
+
+
+def reload_thread(device: torch.device, workers: int = 1, cpu_threads: int = 0) -> ThreadPoolExecutor:
+    """The thread reloads load and warm new models on, beside the batches: with the OpenMP team size of
+    an inference thread, so that a warm-up computes as a batch will."""
+    return _inference_threads("reload", 1, _team(workers, cpu_threads) if device.type == "cpu" else None)
+
+
+def _team(workers: int, cpu_threads: int) -> int | None:
+    """Threads per inference thread's OpenMP team on a CPU; None: torch's default, untouched."""
+    # torch's default is the physical cores; one worker on all of them keeps torch's settings untouched.
+    cores = cpu_threads or torch.get_num_threads()
+    return max(1, cores // workers) if workers > 1 or cpu_threads else None
 
 
 def _inference_threads(name: str, workers: int, torch_threads: int | None = None) -> ThreadPoolExecutor:

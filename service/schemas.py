@@ -182,7 +182,51 @@ def _last_part(value: Any) -> Any:
     return value
 
 
-class ModelList(BaseModel):
-    model_config = _example({"models": [MANIFEST_EXAMPLE]})
+Outcome = Literal["reloaded", "unchanged", "failed", "skipped"]
 
-    models: list[ManifestInfo]
+
+class TaskReload(BaseModel):
+    """What a reload did for one task."""
+
+    task: str
+    result: Outcome = Field(
+        description="reloaded: the store's version serves now; unchanged: it served already; failed: it could "
+        "not be loaded, verified or warmed, and `before` serves on; skipped: polling does not retry a version "
+        "that failed (POST /models/reload and SIGHUP do)."
+    )
+    before: str = Field(description="The version served before the reload.")
+    after: str = Field(description="The version served after it.")
+    store: str | None = Field(description="The version the store holds (null when its entry cannot be read).")
+    reason: str | None = Field(default=None, description="Why it failed or was skipped.")
+    seconds: float = Field(description="Time spent on this task: loading, verifying, warming, switching.")
+    at: str = Field(description="When it finished (UTC, ISO 8601).")
+
+
+_RELOAD = {"task": "detect", "result": "reloaded", "before": "3f2a9c0d1b7e", "after": "9b1c4e7a2d30",
+           "store": "9b1c4e7a2d30", "reason": None, "seconds": 1.4, "at": "2026-01-02T03:04:05Z"}  # fmt: skip
+
+
+class ReloadReport(BaseModel):
+    model_config = _example({"ok": True, "trigger": "POST /models/reload", "tasks": [_RELOAD]})
+
+    ok: bool = Field(description="Every task serves its store's version (HTTP 200); otherwise 409.")
+    trigger: str
+    tasks: list[TaskReload]
+    error: ErrorDetail | None = Field(default=None, description="With ok false: which tasks failed and why.")
+
+
+class ServedModelInfo(ManifestInfo):
+    loaded_at: str = Field(description="When this version was loaded (UTC, ISO 8601).")
+    previous_version: str | None = Field(description="The version it replaced by a reload; null if none.")
+    last_reload: TaskReload | None = Field(
+        description="The last reload that found a new version for this task, whatever its outcome."
+    )
+
+
+class ModelList(BaseModel):
+    model_config = _example(
+        {"models": [{**MANIFEST_EXAMPLE, "loaded_at": "2026-01-02T03:04:05Z", "previous_version": None,
+                     "last_reload": None}]}
+    )  # fmt: skip
+
+    models: list[ServedModelInfo]

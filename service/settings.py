@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     inference_timeout_s: float = Field(
         default=60.0, gt=0, description="A batch running longer than this marks the process unhealthy (/healthz 503)."
     )
+    reload_interval_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds between looks at the store for new versions, each then reloaded as POST /models/reload "
+            "does (0: never; reload with POST /models/reload or SIGHUP)."
+        ),
+    )
     drain_delay_s: float = Field(
         default=0.0, ge=0, le=300, description="After SIGTERM: /readyz 503, serving on this long, then drain."
     )

@@ -22,8 +22,9 @@ from service.__main__ import serve
 
 
 class FaultyPredictor:
-    """A real predictor that sleeps before each batch, and raises on images marked in their top-left pixel:
-    ImageRefusedError for the poison marker (the image's fault), a plain ValueError for the bug marker."""
+    """A real predictor that sleeps before each batch, raises on images marked in their top-left pixel
+    (ImageRefusedError for the poison marker, the image's fault; a plain ValueError for the bug marker), and
+    fails its warm-up when its manifest's `trained` says `"test_fault": "warmup"`."""
 
     def __init__(
         self, inner: models.Predictor, delay_s: float, marker: list[int] | None, bug: list[int] | None = None
@@ -36,6 +37,9 @@ class FaultyPredictor:
         self.bug = bug
 
     def warmup(self) -> None:
+        # A store entry can carry its own fault: tests publish a version whose warm-up raises.
+        if self.manifest.trained.get("test_fault") == "warmup":
+            raise RuntimeError("this version's warm-up fails (test fault injection)")
         self.inner.warmup()
 
     def predict(

@@ -417,3 +417,25 @@ async def test_a_caller_whose_deadline_the_queue_cannot_meet_is_refused_at_once(
             late = asyncio.create_task(batcher.submit(6, timeout_s=5.0, ticket=ticket))
             await asyncio.sleep(0)
         assert [c.value for c in await asyncio.gather(*backlog, late)] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_swap_applies_from_the_next_batch_and_the_running_one_finishes_on_the_old_function() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def old(items: list[int]) -> list[int]:
+        started.set()
+        assert release.wait(10)
+        return [-i for i in items]
+
+    async with running(old, max_batch_size=1) as (batcher, _):
+        first = asyncio.ensure_future(batcher.submit(1))
+        assert await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.ensure_future(batcher.submit(2))  # waits behind the running batch
+        await asyncio.sleep(0.05)
+        still_running = batcher.swap(lambda items: [10 * i for i in items])
+        assert len(still_running) == 1
+        release.set()
+        assert (await first).value == -1  # started before the swap: the old function
+        assert (await queued).value == 20  # queued at the swap, computed after it: the new one
+        await asyncio.wait(still_running)
+        assert (await batcher.submit(3)).value == 30

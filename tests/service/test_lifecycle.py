@@ -68,7 +68,10 @@ async def test_serves_from_the_model_dir_and_describes_itself(store: Path) -> No
         manifests = {task: json.loads((store / task / "manifest.json").read_text()) for task in ("segment", "detect")}
         assert [m["task"] for m in described] == ["segment", "detect"]
         for entry in described:
-            assert entry == manifests[entry["task"]]
+            manifest = manifests[entry["task"]]
+            assert {key: entry[key] for key in manifest} == manifest
+            assert entry["previous_version"] is None  # no reload yet (tests/service/test_reload.py)
+            assert entry["loaded_at"].endswith("Z")
         assert (await client.post("/instances", **as_raw(encode(blocks_image(501))))).status_code == 404
         openapi = (await client.get("/openapi.json")).json()
         assert "/instances" not in openapi["paths"]
@@ -95,6 +98,8 @@ async def test_metrics_names_labels_and_no_series_for_unknown_paths(
         "densepred_requests_rejected_total",
         "densepred_padding_waste_ratio",
         "densepred_forward_passes",
+        "densepred_model_info",
+        "densepred_model_reloads_total",
     ):
         assert f"# TYPE {name} " in text, name
     durations = metric_samples(text, "densepred_request_duration_seconds_count")
@@ -108,6 +113,10 @@ async def test_metrics_names_labels_and_no_series_for_unknown_paths(
         assert metric_samples(text, "densepred_inference_duration_seconds_count")[f'{{task="{task}"}}'] == 1
         assert metric_samples(text, "densepred_queue_depth")[f'{{task="{task}"}}'] == 0
     assert metric_samples(text, "densepred_requests_rejected_total")['{reason="invalid_image",task="detect"}'] == 1
+    for name, predictor in predictors.items():
+        m = predictor.manifest
+        served = f'{{arch="{m.arch}",task="{name}",version="{m.version}"}}'
+        assert metric_samples(text, "densepred_model_info")[served] == 1
 
 
 async def test_a_damaged_store_fails_startup(store: Path, tmp_path: Path) -> None:
