@@ -12,8 +12,15 @@ if [ -f /run/secrets/ca ]; then
     export PIP_CERT=/run/secrets/ca
 fi
 export PIP_CONSTRAINT="$here/constraints.txt"
+# The wheels are first downloaded into a wheelhouse in the build's pip cache mount (a file already
+# there is not fetched again), then installed from it alone. pip's own HTTP cache would not do: it
+# keeps nothing when a proxy strips the caching headers, as ours does.
+wheels="${WHEELHOUSE:-/root/.cache/pip/wheelhouse}"
+mkdir -p "$wheels"
 grep -E '^(torch|torchvision)[^a-z_-]' "$here/requirements.txt" > /tmp/torch.txt
-pip install --progress-bar off --index-url "$index" -r /tmp/torch.txt
-# torch and torchvision are satisfied by now, so pip keeps that index's builds.
-pip install --progress-bar off -r "$here/requirements.txt"
+pip download --progress-bar off --dest "$wheels" --index-url "$index" -r /tmp/torch.txt
+# torch and torchvision resolve to the files just fetched (a +cpu build sorts above PyPI's of the
+# same release), so the index's builds are kept.
+pip download --progress-bar off --dest "$wheels" --find-links "$wheels" -r "$here/requirements.txt"
+pip install --progress-bar off --no-index --find-links "$wheels" -r "$here/requirements.txt"
 rm /tmp/torch.txt

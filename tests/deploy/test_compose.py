@@ -29,7 +29,7 @@ from docker_helpers import (
     require_image,
     wait_until,
 )
-from test_image import PARAMS, TASKS, photo, shapes, store  # noqa: F401 (fixtures)
+from test_image import PARAMS, TASKS
 
 # The first test also brings the stack up: stand-in builds, two replicas loading three models each.
 pytestmark = pytest.mark.timeout(1800)
@@ -66,7 +66,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(store: Path) -> Iterator[Stack]:  # noqa: F811 (the fixture imported above)
+def stack(store: Path) -> Iterator[Stack]:
     require_image(IMAGE)
     compose_cli()
     build_standin("nginx")
@@ -86,7 +86,7 @@ def stack(store: Path) -> Iterator[Stack]:  # noqa: F811 (the fixture imported a
             print(logs[-6000:])
 
 
-def test_serves_every_task_through_nginx(stack: Stack, photo: bytes) -> None:  # noqa: F811
+def test_serves_every_task_through_nginx(stack: Stack, photo: bytes) -> None:
     assert len(stack.replicas()) == 2
     assert all(r["State"]["Health"]["Status"] == "healthy" for r in stack.replicas())
     api = stack.url("nginx", 8080)
@@ -102,7 +102,7 @@ def _targets(prometheus: str) -> list[dict[str, Any]]:
     return list(httpx.get(f"{prometheus}/api/v1/targets", timeout=5).json()["data"]["activeTargets"])
 
 
-def test_prometheus_scrapes_both_replicas(stack: Stack, photo: bytes) -> None:  # noqa: F811
+def test_prometheus_scrapes_both_replicas(stack: Stack, photo: bytes) -> None:
     prometheus = stack.url("prometheus", 9090)
     wait_until(answers(f"{prometheus}/-/ready"), 60, "Prometheus ready")
     addresses = {f"{r['NetworkSettings']['Networks'][f'{stack.project}_default']['IPAddress']}:8000" for r in

@@ -32,9 +32,6 @@ from docker_helpers import (
 )
 from processes import REPO, free_port, service
 
-from trainer.cli import main as trainer
-from trainer.synth import generate_dataset
-
 API = ComposeService.load("api-cpu")
 TASKS = ("segment", "detect", "instances")
 PARAMS = {"segment": {}, "detect": {"score_threshold": 0, "max_detections": 20}}
@@ -45,30 +42,6 @@ CONTAINER_USER = "10001"
 @pytest.fixture(scope="module")
 def image() -> str:
     return require_image(IMAGE)
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shapes")
-    generate_dataset(out, train=4, val=2, seed=5, max_side=320)
-    return out
-
-
-@pytest.fixture(scope="module")
-def store(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trainer's own output, one step per task, in a folder the trainer creates (as `make serve` does)."""
-    runs = tmp_path_factory.mktemp("runs")
-    store = runs / "models"
-    for task in ("detect", "instances", "segment"):
-        argv = ["train", "--task", task, "--data", str(shapes), "--out", str(store), "--preset", "smoke"]
-        argv += ["--steps", "1", "--device", "cpu", "--no-progress", "--run-dir", str(runs / task)]
-        assert trainer(argv) == 0
-    return store
-
-
-@pytest.fixture(scope="module")
-def photo(shapes: Path) -> bytes:
-    return sorted((shapes / "images" / "val").iterdir())[0].read_bytes()
 
 
 def api_container(image: str, store: Path, **env: str) -> Any:
