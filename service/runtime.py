@@ -273,9 +273,7 @@ class Runtime:
         configure(predictor, self.settings)
         return predictor
 
-    async def warm_model(
-        self, task: str, predictor: ServedModel, executor: Executor | None = None
-    ) -> RuntimeChoice:
+    async def warm_model(self, task: str, predictor: ServedModel, executor: Executor | None = None) -> RuntimeChoice:
         """Choose the runtime and run the warm-up pass (service/warming.py): at start-up on the thread that will
         run the model's batches, on a reload on the reload thread, whose OpenMP team is the same size.
         Start-up and reloads warm through here."""
