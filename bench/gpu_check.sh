@@ -7,7 +7,7 @@
 #
 # Writes under $OUT (default bench/results): gpu_info.csv, gpu_tests.log, runtimes_gpu.{json,png,log}, postprocess_gpu.json,
 # compare_gpu.{json,png,log}, and compare_gpu_small.{json,png} when the trained store artifacts/models
-# is there (its log goes on compare_gpu.log: 8 files, as many as the lent GPU machines send back).
+# is there (its log goes on compare_gpu.log): 11 files.
 # Exits non-zero if any step failed.
 # The serving benchmark uses the ResNet-50 architectures, untrained (the cost per image of trained
 # ones): the small default models take 1-9 ms per image on such a GPU, too little to measure the GPU
