@@ -15,7 +15,6 @@ import torch
 from pycocotools import mask as mask_utils
 
 from models import Region, run_lengths
-from service.scaling import upsample_nearest
 
 
 class Rle(TypedDict):
@@ -67,28 +66,3 @@ def encode_label_map(labels: torch.Tensor) -> dict[int, tuple[Rle, int]]:
         return {}
     rles = _compress(list(counts.values()), (height, width))
     return {label: (rle, int(c[1::2].sum())) for (label, c), rle in zip(counts.items(), rles, strict=True)}
-
-
-def encode_masks(masks: torch.Tensor, size: tuple[int, int] | None = None) -> list[Rle]:
-    """[N, h, w] bool masks to N RLEs that `pycocotools.mask.decode` turns back into exactly these masks.
-
-    With `size` (H, W) other than (h, w), each mask is first upsampled to it (nearest neighbour).
-    """
-    if masks.ndim != 3:
-        raise ValueError(f"expected masks of shape [N, H, W], got {tuple(masks.shape)}")
-    if size is not None and size != tuple(masks.shape[-2:]):
-        masks = torch.stack([upsample_nearest(mask, size) for mask in masks]) if len(masks) else masks
-    shape = (int(masks.shape[-2]), int(masks.shape[-1])) if size is None else size
-    return encode_regions([Region(mask, 0, 0) for mask in masks], shape)[0]
-
-
-def encode_mask(mask: torch.Tensor) -> Rle:
-    return encode_masks(mask[None])[0]
-
-
-def mask_areas(rles: list[Rle]) -> list[int]:
-    """Pixels in each mask, read off its RLE (exact, and no need to keep the mask itself)."""
-    if not rles:
-        return []
-    coded = [{"size": rle["size"], "counts": rle["counts"].encode("ascii")} for rle in rles]
-    return [int(area) for area in np.asarray(mask_utils.area(coded))]

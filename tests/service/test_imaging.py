@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from rle_helpers import encode_mask, encode_masks
 from service_helpers import blocks_image, encode
 
 from service.errors import ApiError
 from service.imaging import decode_image, sniff_format, to_tensor
-from service.rle import encode_mask, encode_masks
 
 LIMIT = 10_000_000
 

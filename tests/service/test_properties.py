@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
+from rle_helpers import encode_masks, mask_areas, upsample_nearest
 
 from service.imaging import fit_within
-from service.rle import encode_label_map, encode_masks, mask_areas
-from service.scaling import upsample_nearest
+from service.rle import encode_label_map
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
