@@ -76,7 +76,7 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(model_dir: Path | None, **settings: object) -> Iterator[Service]:
+def service(model_dir: Path | None, ready_timeout_s: float = 120, **settings: object) -> Iterator[Service]:
     with contextlib.ExitStack() as stack:
         if model_dir is None:
             model_dir = random_store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -91,7 +91,7 @@ def service(model_dir: Path | None, **settings: object) -> Iterator[Service]:
         process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT)
         served = Service(process, f"http://127.0.0.1:{port}", chosen, log)
         try:
-            _wait_ready(served)
+            _wait_ready(served, ready_timeout_s)
             yield served
         finally:
             process.terminate()
@@ -118,8 +118,8 @@ def wait_until_up(
     raise SystemExit(f"{name} was not up within {timeout_s:g} s")
 
 
-def _wait_ready(served: Service) -> None:
-    wait_until_up(served.process, f"{served.url}/readyz", "the service", served.output, 120)
+def _wait_ready(served: Service, timeout_s: float = 120) -> None:
+    wait_until_up(served.process, f"{served.url}/readyz", "the service", served.output, timeout_s)
 
 
 def images(count: int, seed: int = 0, sizes: tuple[int, int] = (160, 480)) -> list[tuple[bytes, str]]:
