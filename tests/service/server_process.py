@@ -52,7 +52,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(store: Path, log: Path, *args: str, **settings: object) -> Iterator[ServerProcess]:
+def running_server(
+    store: Path, log: Path, *args: str, ready_timeout_s: float = 90, **settings: object
+) -> Iterator[ServerProcess]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DENSEPRED_")}
     env.update({f"DENSEPRED_{k.upper()}": str(v) for k, v in settings.items()})
@@ -68,7 +70,7 @@ def running_server(store: Path, log: Path, *args: str, **settings: object) -> It
         process = subprocess.Popen([sys.executable, str(ENTRY), *args], env=env, stdout=sink, stderr=subprocess.STDOUT)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        _wait_ready(server)
+        _wait_ready(server, ready_timeout_s)
         yield server
     finally:
         if process.poll() is None:
