@@ -32,6 +32,9 @@ STANDINS = Path(__file__).with_name("standins")
 IMAGE = os.environ.get("DENSEPRED_TEST_IMAGE", "densepred:cpu")
 BASE_IMAGE = os.environ.get("DENSEPRED_TEST_BASE_IMAGE", "densepred-python:3.11-bookworm")
 RUN_LABEL = f"densepred.test={uuid.uuid4().hex[:12]}"
+# The test process that owns a container: a run killed before its clean-up (a `timeout` wrapper, say)
+# leaves containers whose owner is gone, and the next run removes them.
+PID_KEY = "densepred.test.pid"
 
 
 def _skip_or_fail(message: str) -> None:
@@ -50,7 +53,40 @@ def docker_cli() -> str:
     assert found is not None
     if subprocess.run([found, "info"], capture_output=True, timeout=60).returncode != 0:
         _skip_or_fail("the Docker daemon does not answer (docker/engine.sh starts it; .ci/run does)")
+    _remove_orphans(found)
     return found
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans(cli: str) -> None:
+    """Remove the containers (and compose projects) of test runs whose process no longer exists."""
+    listing = [cli, "ps", "--all", "--filter", f"label={PID_KEY}"]
+    fields = " ".join(["{{.ID}}", '{{.Label "' + PID_KEY + '"}}', '{{.Label "com.docker.compose.project"}}'])
+    rows = subprocess.run([*listing, "--format", fields], capture_output=True, text=True, timeout=60).stdout
+    for row in rows.splitlines():
+        cid, pid, *project = row.split()
+        if _alive(pid):
+            continue
+        subprocess.run([cli, "rm", "--force", "--volumes", cid], capture_output=True, timeout=120)
+        for name in project:
+            for kind in ("network", "volume"):
+                found = subprocess.run(
+                    [cli, kind, "ls", "--quiet", "--filter", f"label=com.docker.compose.project={name}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout.split()
+                if found:
+                    subprocess.run([cli, kind, "rm", *found], capture_output=True, timeout=120)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -163,7 +199,7 @@ def running_container(
     network: str | None = None,
 ) -> Iterator[Container]:
     """`docker run -d` with the given flags; removed (with its anonymous volumes) however the block ends."""
-    flags = ["--label", RUN_LABEL, *args]
+    flags = ["--label", RUN_LABEL, "--label", f"{PID_KEY}={os.getpid()}", *args]
     flags += [f"--env={k}={v}" for k, v in (env or {}).items()]
     flags += [f"--volume={host}:{target}" for host, target in (volumes or {}).items()]
     flags += [f"--network={network}"] if network else ["--publish", f"127.0.0.1::{port}"]

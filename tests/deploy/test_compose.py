@@ -72,6 +72,7 @@ def stack(store: Path) -> Iterator[Stack]:
     build_standin("nginx")
     build_standin("prometheus")
     env = {**os.environ, "DENSEPRED_MODELS": str(store), "DENSEPRED_TEST_IMAGE": IMAGE}
+    env["DENSEPRED_TEST_PID"] = str(os.getpid())
     stack = Stack(f"densepred-test-{uuid.uuid4().hex[:8]}", env)
     try:
         began = time.monotonic()
