@@ -100,6 +100,8 @@ def _runs(versions: list[str]) -> list[str]:
 def test_under_load_every_reload_switches_once_and_no_request_fails(live: Live) -> None:
     before: dict[str, str] = {task: live.served(task) for task in TASKS}
     after: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
     with Load(live.server.url) as load:
         time.sleep(2)
         for seed, task in enumerate(TASKS, start=100):
@@ -108,10 +110,15 @@ def test_under_load_every_reload_switches_once_and_no_request_fails(live: Live) 
             assert answer.status_code == 200, answer.text
             results = {t["task"]: t["result"] for t in answer.json()["tasks"]}
             assert results == {t: "reloaded" if t == task else "unchanged" for t in TASKS}
+            seconds[task] = next(t["seconds"] for t in answer.json()["tasks"] if t["task"] == task)
             time.sleep(2)
+    elapsed = time.monotonic() - started
     total = sum(len(seen) for seen in load.seen.values())
     failed = [(key, status) for key, seen in load.seen.items() for _, status in seen if status != 200]
-    print(f"\n{total} requests under load during three reloads, {len(failed)} failed")
+    print(
+        f"\n{total} requests in {elapsed:.1f} s under load during three reloads (reload seconds: {seconds}), "
+        f"{len(failed)} failed"
+    )
     assert not failed, failed[:10]
     for (endpoint, _), seen in load.seen.items():
         # In each client's order of answers: the old version, then the new one, never back.
