@@ -7,7 +7,7 @@ each mask's region only; pycocotools then writes them in COCO's compressed strin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -23,8 +23,9 @@ class Rle(TypedDict):
     counts: str
 
 
-def encode_regions(regions: Sequence[Region], size: tuple[int, int]) -> tuple[list[Rle], list[int]]:
-    """Masks given by their regions on an image of `size` (height, width): their RLEs and pixel areas."""
+def encode_regions(regions: Iterable[Region], size: tuple[int, int]) -> tuple[list[Rle], list[int]]:
+    """Masks given by their regions on an image of `size` (height, width): their RLEs and pixel areas.
+    `regions` may be lazy (InstanceMasks.regions()): it is coded a chunk at a time, never held whole."""
     counts = run_lengths(regions, size)
     if not counts:
         return [], []
