@@ -33,7 +33,7 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _masks_child(side: int, boxes: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _masks_child(side: int, boxes: int, out: multiprocessing.Queue) -> None:
     from models import InstanceMasks
     from service.rle import encode_regions
 
