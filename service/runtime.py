@@ -36,6 +36,7 @@ from service.batching import Batcher
 from service.cores import available_cores, torch_cores
 from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
+from service.render import Renderer
 from service.schemas import Detection, InstanceDetection, Segment
 from service.settings import Settings
 
@@ -198,6 +199,7 @@ class Runtime:
         # Decoding is CPU-bound: more threads than cores only add memory (each holds a decoded image).
         self.decode_limiter = anyio.CapacityLimiter(max(2, cores))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
+        self.renderer = Renderer(settings.render_max_side, settings.max_renders)  # ?render=png
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, loader: Loader | None = None) -> Runtime:
