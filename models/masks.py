@@ -5,11 +5,16 @@ instances on a 1333 x 800 upload: 400 MB). A pasted mask is zero outside its (sl
 so pasting into the box region alone gives the same pixels; and the COCO run lengths of a full-frame
 mask follow from where its region's columns change value. `run_lengths` finds those changes on the
 mask's device, so only a few integers per mask cross to the host, never a mask.
+
+Regions are made lazily and run-length coded a chunk at a time (a chunk closes once it holds
+`CHUNK_PIXELS` region pixels), each chunk freed before the next region is pasted: memory grows with the
+largest box, never with the sum of all boxes' areas (100 large boxes on a 40-megapixel upload would be
+gigabytes), and on a GPU a chunk of small masks still costs one device-to-host copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +25,8 @@ from torchvision.models.detection.roi_heads import expand_boxes
 
 # torchvision pastes each grid padded by one pixel into its box grown by the same proportion.
 _PADDING = 1
+# A chunk closes once its regions hold this many pixels: a few bytes each while coded (mask, flags, copy).
+CHUNK_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -41,18 +48,19 @@ class InstanceMasks:
     def __len__(self) -> int:
         return int(self.probs.shape[0])
 
-    def regions(self) -> list[Region]:
+    def regions(self) -> Iterator[Region]:
         """Each mask thresholded within its box only: exactly the pixels of torchvision's
-        `paste_masks_in_image(...) >= threshold`, given that a pixel outside every box is out."""
+        `paste_masks_in_image(...) >= threshold`, given that a pixel outside every box is out.
+        Lazy: each region is pasted when it is asked for, so a consumer may hold one at a time."""
         if self.threshold <= 0:
             raise ValueError("a mask threshold of 0 or less would put every pixel of the image in the mask")
         if len(self) == 0:
-            return []
+            return iter(())
         height, width = self.size
         size = self.probs.shape[-1]
         padded = F.pad(self.probs[:, None], (_PADDING,) * 4)
         boxes = expand_boxes(self.boxes, (size + 2 * _PADDING) / size).to(torch.int64).tolist()
-        return [_paste(grid, box, height, width, self.threshold) for grid, box in zip(padded, boxes, strict=True)]
+        return (_paste(grid, box, height, width, self.threshold) for grid, box in zip(padded, boxes, strict=True))
 
     def dense(self) -> Tensor:
         """All masks at full resolution, bool [N, H, W] on the CPU: for tests, evaluation and drawing."""
@@ -75,9 +83,28 @@ def _paste(grid: Tensor, box: list[int], height: int, width: int, threshold: flo
     return Region(resized[top - y1 : bottom - y1, left - x1 : right - x1] >= threshold, top, left)
 
 
-def run_lengths(regions: Sequence[Region], size: tuple[int, int]) -> list[np.ndarray]:
+def run_lengths(regions: Iterable[Region], size: tuple[int, int], chunk_pixels: int = CHUNK_PIXELS) -> list[np.ndarray]:
     """COCO's uncompressed RLE counts of each mask on an [H, W] image: alternating runs of 0s and 1s in
-    column-major order, starting with 0s. One device-to-host copy for all masks, of change positions."""
+    column-major order, starting with 0s. `regions` is consumed a chunk at a time: regions are taken until
+    they reach `chunk_pixels`, then coded and let go before the next is taken (so at most `chunk_pixels`
+    plus the largest region's pixels are held at once)."""
+    counts: list[np.ndarray] = []
+    chunk: list[Region] = []
+    pixels = 0
+    for region in regions:
+        chunk.append(region)
+        pixels += region.mask.numel()
+        del region  # the chunk alone holds it: freed with the chunk
+        if pixels >= chunk_pixels:  # coded before the next region is pasted
+            counts += _chunk_run_lengths(chunk, size)
+            chunk, pixels = [], 0
+    if chunk:
+        counts += _chunk_run_lengths(chunk, size)
+    return counts
+
+
+def _chunk_run_lengths(regions: Sequence[Region], size: tuple[int, int]) -> list[np.ndarray]:
+    """run_lengths of a few regions: one device-to-host copy for all of them, of change positions."""
     height, width = size
     total = height * width
     if not regions:
@@ -94,7 +121,8 @@ def run_lengths(regions: Sequence[Region], size: tuple[int, int]) -> list[np.nda
     device = flags[0].device
     lengths = torch.tensor([f.numel() for f in flags], device=device)
     ends = lengths.cumsum(0)
-    hits = torch.cat(flags).nonzero().squeeze(1)
+    hits = (torch.cat(flags) if len(flags) > 1 else flags[0]).nonzero().squeeze(1)
+    del flags
     owner = torch.searchsorted(ends, hits, right=True)
     local = hits - (ends - lengths)[owner]
     stride = torch.tensor(heights, device=device)[owner]

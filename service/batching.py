@@ -4,7 +4,10 @@ Callers `submit` one item and await its own result. One worker task per queue co
 batch, closed at `max_batch_size` items, at `max_batch_cost` (the items' summed `cost`: for images, the
 pixels the model computes on), once the oldest item has waited `max_wait_s`, or as soon as the queue is
 empty and no admitted caller is still preparing an item (nobody to wait for), and runs the batch
-function on a dedicated thread so the event loop never does the heavy work. Up to
+function on a dedicated thread so the event loop never does the heavy work. That thread may be shared
+with other batchers (on a CPU every model shares the inference thread): a batch is timed from when it
+really starts on the thread, and its items' deadlines are checked then, so a batch that waited behind
+another model's is neither timed as inference nor computed for callers whose deadline has passed. Up to
 `max_concurrent_batches` batches run at once (on as many threads); the next batch is collected only
 once a slot is free, so under load the queue fills and batches grow rather than wait ready-made.
 
@@ -71,8 +74,8 @@ class _NoObserver:
 @dataclass(frozen=True)
 class Completed(Generic[Out]):
     value: Out
-    queue_s: float  # from submit until its batch started
-    inference_s: float  # the whole batch call, retries included
+    queue_s: float  # from submit until its batch started on the thread
+    inference_s: float  # the whole batch call on the thread, retries included
     batch_size: int
 
 
@@ -87,7 +90,8 @@ class _Pending(Generic[In, Out]):
 @dataclass(eq=False)
 class _Running(Generic[In, Out]):
     items: list[_Pending[In, Out]]
-    started: float  # perf_counter() time
+    submitted: float  # perf_counter() time it was handed to the executor
+    started: float | None = None  # when it started on the thread (set there); None while it waits for one
 
 
 class Batcher(Generic[In, Out]):
@@ -130,8 +134,9 @@ class Batcher(Generic[In, Out]):
         self._admitted = 0  # tickets handed out and not yet used or released
         self._collecting: list[_Pending[In, Out]] = []  # off the queue, in the batch being collected
         self._running: dict[asyncio.Task[None], _Running[In, Out]] = {}
-        self._batch_s: float | None = None  # moving average of recent batch durations
+        self._batch_s: float | None = None  # moving average of recent batch durations on the thread
         self._item_s: float | None = None  # ... and of batch seconds per item
+        self._thread_wait_s: float | None = None  # ... and of a batch's wait for a thread (shared executor)
         self._worker: asyncio.Task[None] | None = None
         self._shared_executor = executor
         self._executor: Executor | None = None
@@ -147,26 +152,44 @@ class Batcher(Generic[In, Out]):
 
     @property
     def busy_s(self) -> float:
-        """How long the oldest batch now running has been running; 0 when idle."""
+        """How long the oldest batch now running on a thread has been running; 0 when idle. A batch still
+        waiting for the thread (behind another model's) is not running."""
         now = time.perf_counter()
-        return max((now - batch.started for batch in self._running.values()), default=0.0)
+        starts = [batch.started for batch in self._running.values() if batch.started is not None]
+        return max((now - started for started in starts), default=0.0)
+
+    @property
+    def thread_wait_s(self) -> float:
+        """The recent wait of a batch for a thread, once handed over (others' batches on a shared one)."""
+        return self._thread_wait_s or 0.0
+
+    def _per_batch_s(self) -> float:
+        """A batch's recent latency once handed over: the wait for the thread, then the batch itself."""
+        return (self._thread_wait_s or 0.0) + (self._batch_s or 0.0)
 
     def retry_after_s(self) -> float:
         """A guess at when a place will be free: the batches ahead of a newcomer times recent batch latency."""
         ahead = (self.depth + self._admitted) / self.max_batch_size / self.max_concurrent_batches + 1
         # A batch running longer than usual is the better guess (a slow or stuck model).
-        return ahead * max(self._batch_s or 0.0, self.busy_s, self.max_wait_s)
+        return ahead * max(self._per_batch_s(), self.busy_s, self.max_wait_s)
 
     def wait_s(self) -> float:
         """A guess at a newcomer's wait for its batch to start: when every slot is taken, the rest of the
-        batch that ends first; then the items ahead of it at the recent seconds per item, shared by the
-        slots (0 until a batch has run)."""
+        batch that ends first; then the items ahead of it at the recent seconds per item, plus each of
+        their batches' recent wait for a thread, shared by the slots (0 until a batch has run)."""
         first_free = 0.0
         if len(self._running) >= self.max_concurrent_batches:
             now = time.perf_counter()
-            first_free = min(max(0.0, (self._batch_s or 0.0) - (now - b.started)) for b in self._running.values())
+            first_free = min(self._remaining_s(batch, now) for batch in self._running.values())
         ahead = self.depth + self._admitted
-        return first_free + ahead * (self._item_s or 0.0) / self.max_concurrent_batches
+        batches = math.ceil(ahead / self.max_batch_size)
+        work = ahead * (self._item_s or 0.0) + batches * (self._thread_wait_s or 0.0)
+        return first_free + work / self.max_concurrent_batches
+
+    def _remaining_s(self, batch: _Running[In, Out], now: float) -> float:
+        if batch.started is None:  # still waiting for the thread
+            return max(0.0, (self._thread_wait_s or 0.0) - (now - batch.submitted)) + (self._batch_s or 0.0)
+        return max(0.0, (self._batch_s or 0.0) - (now - batch.started))
 
     def start(self) -> None:
         if self._worker is not None:
@@ -212,7 +235,7 @@ class Batcher(Generic[In, Out]):
         if self.depth + self._admitted >= self.max_queue:
             raise QueueFullError(f"{self.name} queue is full ({self.max_queue} waiting)", self.retry_after_s())
         wait = self.wait_s()
-        if within_s is not None and wait > 0 and _MARGIN * (wait + (self._batch_s or 0.0)) > within_s:
+        if within_s is not None and wait > 0 and _MARGIN * (wait + self._per_batch_s()) > within_s:
             message = f"{self.name}: about {wait:.3g} s of work ahead, the caller can wait {within_s:.3g} s"
             raise DeadlineUnreachableError(message, self.retry_after_s())
         self._admitted += 1
@@ -308,20 +331,35 @@ class Batcher(Generic[In, Out]):
 
     async def _process(self, running: _Running[In, Out]) -> None:
         try:
-            await self._compute(running.items, running.started)
+            await self._compute(running)
         except Exception as exc:  # a bug here must not kill the queue: fail this batch, keep serving
             log.exception("%s: batch worker error", self.name)
             for pending in running.items:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
 
-    async def _compute(self, batch: list[_Pending[In, Out]], started: float) -> None:
+    def _on_thread(self, running: _Running[In, Out]) -> tuple[list[_Pending[In, Out]], list[Out | Exception], float]:
+        """Run on the executor's thread: the batch starts now, for the items still wanted now."""
+        started = running.started = time.perf_counter()
+        # Reading a future's state off the loop is a race at worst: an item cancelled this instant is computed.
+        live = [p for p in running.items if p.deadline > started and not p.future.done()]
+        outcomes = self._runner.run([p.item for p in live]) if live else []
+        return live, outcomes, time.perf_counter() - started
+
+    async def _compute(self, running: _Running[In, Out]) -> None:
+        loop = asyncio.get_running_loop()
+        batch, outcomes, seconds = await loop.run_in_executor(self._executor, self._on_thread, running)
+        started = running.started
+        assert started is not None  # set by _on_thread
+        self._thread_wait_s = _average(self._thread_wait_s, started - running.submitted)
+        computed = {id(pending) for pending in batch}
+        for pending in running.items:  # its deadline passed while the batch waited for the thread
+            if id(pending) not in computed and not pending.future.done():
+                pending.future.set_exception(DeadlineExceededError(f"deadline passed in the {self.name} queue"))
+        if not batch:
+            return
         for pending in batch:
             self._observer.queue_wait(started - pending.enqueued)
-        loop = asyncio.get_running_loop()
-        runner = self._runner  # taken as the batch starts: a swap from now on applies to the next batch
-        outcomes = await loop.run_in_executor(self._executor, runner.run, [p.item for p in batch])
-        seconds = time.perf_counter() - started
         self._batch_s = _average(self._batch_s, seconds)
         self._item_s = _average(self._item_s, seconds / len(batch))
         self._observer.batch_done(len(batch), seconds)

@@ -74,13 +74,6 @@ class DecodedImage:
     def scaled(self) -> bool:
         return (self.height, self.width) != tuple(self.tensor.shape[-2:])
 
-    def as_uploaded(self) -> torch.Tensor:
-        """The image at the upload's size (blurred if it was shrunk): for drawing results over it."""
-        if not self.scaled:
-            return self.tensor
-        picture = Image.fromarray(self.tensor.permute(1, 2, 0).numpy())
-        return to_tensor(picture, (self.width, self.height))
-
 
 def sniff_format(data: bytes) -> str | None:
     """The format named by the file's magic number, or None when it is not one we know."""

@@ -1,14 +1,9 @@
-"""Predictor results to response schemas, and to overlay pictures. CPU work: call it off the event loop."""
+"""Predictor results to response schemas (overlay pictures: service/render.py). CPU work: off the event loop."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-from PIL import Image
-from pydantic import BaseModel
-
-from client.overlay import encode_png, render_overlay
 from models import Detections, Manifest, SemanticMap
 from service.rle import encode_label_map, encode_regions
 from service.schemas import Detection, InstanceDetection, Mask, ModelInfo, Segment
@@ -53,14 +48,3 @@ def segments(result: SemanticMap, names: Mapping[int, str]) -> list[Segment]:
 
 def _box(box: list[float]) -> list[float]:
     return [round(v, 2) for v in box]
-
-
-def overlay_png(image: torch.Tensor, body: BaseModel) -> bytes:
-    """`?render=png`: the client's own renderer, drawn from the very response the JSON would carry."""
-    answer = body.model_dump()
-    picture = Image.fromarray(image.permute(1, 2, 0).numpy())  # uint8 [3, h, w], already EXIF-oriented
-    size = (answer["image"]["width"], answer["image"]["height"])
-    if picture.size != size:
-        # The model saw a shrunk copy of a large upload; the overlay, like the answer, is at the upload's size.
-        picture = picture.resize(size, Image.Resampling.BILINEAR)
-    return encode_png(render_overlay(picture, answer))

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 import models
 from models.registry import MAX_DETECTIONS
@@ -88,14 +87,20 @@ _ERRORS = {
     415: "Content type or image format other than JPEG, PNG or WEBP, or an animated / multi-frame file.",
     408: "The upload did not arrive within BODY_TIMEOUT_S (or the request's timeout); the connection is closed.",
     422: "Bad or unknown query parameter (the message lists the valid ones), or an extreme aspect ratio.",
-    429: "Queue or upload buffer full, or the queue too slow for the request's timeout; retry after Retry-After.",
+    429: (
+        "Queue or upload buffer full, the queue too slow for the request's timeout, or (render=png) every"
+        " drawing slot busy until it; retry after the Retry-After header's seconds."
+    ),
     503: "Model not loaded and warmed yet, shutting down, or its batching worker stopped.",
     504: "No result within the request timeout.",
     507: "The image does not fit in the device's memory, even in a batch of its own.",
 }
 _BINARY = {"type": "string", "format": "binary"}
 _PNG = {
-    "description": "The response, as JSON; or with `render=png`, drawn over the image (same size, EXIF applied).",
+    "description": (
+        "The response, as JSON; or with `render=png`, drawn over the image (EXIF applied), at most"
+        " RENDER_MAX_SIDE pixels on its longer side."
+    ),
     "content": {"image/png": {"schema": _BINARY}},
 }
 _DOC: dict[str, Any] = {
@@ -196,9 +201,11 @@ ROUTERS = {"segment": segment_router, "detect": detect_router, "instances": inst
 
 @dataclass
 class _Run:
+    runtime: Runtime
     image: DecodedImage
     completed: Completed[Output]
     started: float
+    deadline: float  # perf_counter time: the request's timeout runs out
 
     @property
     def items(self) -> Answer:
@@ -225,8 +232,11 @@ async def _respond(run: _Run, body: BaseModel, render: str | None) -> Response:
         # pydantic-core writes the JSON bytes in one Rust call (no dict, no json.dumps, no re-validation
         # of a body we just built), whatever FastAPI version serves it: RLE-heavy bodies are large.
         return Response(body.model_dump_json(), media_type="application/json")
-    # The body is in the upload's pixels; the model may have seen a shrunk copy, so draw on the upload's size.
-    png = await run_in_threadpool(lambda: responses.overlay_png(run.image.as_uploaded(), body))
+    try:  # bounded in size, in number at once and by the deadline: service/render.py
+        png = await run.runtime.renderer.png(run.image, body, run.deadline)
+    except ApiError as exc:
+        run.runtime.metrics.rejected.labels(task=run.completed.value.manifest.task, reason=exc.code).inc()
+        raise
     return Response(png, media_type="image/png")
 
 
@@ -246,7 +256,7 @@ async def _infer(
     except ApiError as exc:
         runtime.metrics.rejected.labels(task=task, reason=exc.code).inc()
         raise
-    return _Run(image, completed, started)
+    return _Run(runtime, image, completed, started, started + timeout_s)
 
 
 def _class_ids(model: TaskModel, classes: str | None) -> frozenset[int] | None:

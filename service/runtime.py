@@ -38,6 +38,7 @@ from service.batching import Batcher
 from service.cores import available_cores, torch_cores
 from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
+from service.render import Renderer
 from service.schemas import Detection, InstanceDetection, Segment
 from service.settings import Settings
 from service.warming import compile_in_background, warm
@@ -236,6 +237,7 @@ class Runtime:
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
         self.warmed = False  # the start-up warm-up has run (whatever its outcome): reloads may start
         self.reload_executor: ThreadPoolExecutor | None = None  # see reload_thread
+        self.renderer = Renderer(settings.render_max_side, settings.max_renders)  # ?render=png
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, loader: Loader | None = None) -> Runtime:

@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(
         default=20.0, ge=1, description="Longer over shorter side; beyond it R-CNNs cannot resize the image (422)."
     )
+    render_max_side: int = Field(
+        default=1333,
+        ge=32,
+        description="?render=png draws the overlay at most this many pixels on its longer side (memory and CPU).",
+    )
+    max_renders: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="?render=png pictures drawn at once; others wait while their deadline allows, then 429.",
+    )
     max_detections: int = Field(
         default=MAX_DETECTIONS, ge=1, le=MAX_DETECTIONS, description="Cap on detections per image."
     )

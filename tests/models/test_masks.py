@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,41 @@ def test_predictor_masks_are_torchvisions_own_forward_bit_for_bit(random_store: 
     assert len(ours.boxes) == len(reference["boxes"]) > 0
     assert torch.equal(ours.scores, reference["scores"])
     assert torch.equal(ours.masks.dense(), reference["masks"][:, 0] >= 0.3)
+
+
+def test_run_lengths_hold_one_chunk_of_regions_at_a_time() -> None:
+    """Regions are let go chunk by chunk (issue 16, item 4): however many boxes, the masks alive at once
+    are at most a chunk's pixels plus the one region that overflows it."""
+    generator = torch.Generator().manual_seed(7)
+    size = (90, 120)
+    shapes = [(int(h), int(w)) for h, w in torch.randint(5, 60, (40, 2), generator=generator)]
+    masks = [torch.rand(shape, generator=generator) > 0.5 for shape in shapes]
+    chunk_pixels = 2000
+    alive: list[weakref.ref[Tensor]] = []
+    peak = 0
+
+    def regions() -> Iterator[Region]:
+        nonlocal peak
+        for i, mask in enumerate(masks):
+            region = Region(mask.clone(), top=i % 30, left=i % 60)
+            alive.append(weakref.ref(region.mask))
+            peak = max(peak, sum(m.numel() for ref in alive if (m := ref()) is not None))
+            yield region
+            del region
+
+    chunked = run_lengths(regions(), size, chunk_pixels=chunk_pixels)
+    assert peak <= chunk_pixels + max(h * w for h, w in shapes)
+    assert peak < sum(h * w for h, w in shapes) / 4  # far from all of them
+    whole = run_lengths([Region(m, i % 30, i % 60) for i, m in enumerate(masks)], size, chunk_pixels=1 << 30)
+    single = run_lengths((Region(m, i % 30, i % 60) for i, m in enumerate(masks)), size, chunk_pixels=1)
+    assert len(chunked) == len(whole) == len(single) == len(masks)
+    for a, b, c in zip(chunked, whole, single, strict=True):
+        assert np.array_equal(a, b)
+        assert np.array_equal(a, c)
+
+
+def test_instance_regions_are_pasted_lazily() -> None:
+    masks = InstanceMasks(torch.ones(3, 4, 4), torch.tensor([[1.0, 1.0, 3.0, 3.0]] * 3), (8, 8))
+    regions = masks.regions()
+    assert not isinstance(regions, list | tuple)
+    assert len(list(regions)) == 3

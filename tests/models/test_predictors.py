@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -156,7 +157,7 @@ def test_only_images_the_model_cannot_take_are_refused(random_store: Path) -> No
     """A caller's bad tensor is a plain ValueError (a bug); an image too thin for the R-CNN's resize is the
     image's doing: ImageRefusedError, which a server may answer as the client's error."""
     predictor = load_predictor(random_store, "detect")
-    transform = predictor.model.transform
+    transform: Any = predictor.model.transform  # torchvision's GeneralizedRCNNTransform
     long_side = int(transform.max_size) * 3  # shrunk to max_size: its 1-pixel side would become 0
     with pytest.raises(ImageRefusedError, match="thin"):
         predictor.predict([torch.zeros(3, 1, long_side, dtype=torch.uint8)])
@@ -182,6 +183,6 @@ def test_results_in_a_larger_frame_are_the_images_own_scaled_up(random_store: Pa
     segmenter = load_predictor(random_store, "segment")
     (labels,) = segmenter.predict([small], None, [frame])
     assert isinstance(labels, SemanticMap)
-    assert labels.labels.shape == frame
+    assert tuple(labels.labels.shape) == frame
     with pytest.raises(ValueError, match="frames"):
         segmenter.predict([small], None, [frame, frame])

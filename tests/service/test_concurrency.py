@@ -112,7 +112,7 @@ async def test_a_poisoned_image_fails_alone(store: Path, predictors: dict[str, P
     for image, response in zip(images, responses, strict=True):
         if response.status_code == 200:
             own = predictors["segment"].predict([torch.from_numpy(image).permute(2, 0, 1).contiguous()])[0]
-            assert np.array_equal(_label_map(response.json()), own.labels.numpy())  # type: ignore[union-attr]
+            assert np.array_equal(_label_map(response.json()), own.labels.numpy())
     rejected = metric_samples(metrics, "densepred_requests_rejected_total")
     assert rejected['{reason="unprocessable_image",task="segment"}'] == 1
 
