@@ -66,7 +66,6 @@ class Limits:
 @dataclass(frozen=True)
 class DecodedImage:
     tensor: torch.Tensor  # uint8 [3, h, w] after EXIF orientation, shrunk to fit max_side
-    format: str
     width: int  # of the uploaded image after EXIF orientation: what results refer to
     height: int
 
@@ -91,10 +90,8 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, limits: Limits | int) -> DecodedImage:
-    """Decode and orient the upload; `limits` may be a bare pixel limit."""
-    if isinstance(limits, int):
-        limits = Limits(max_pixels=limits)
+def decode_image(data: bytes, limits: Limits) -> DecodedImage:
+    """Decode and orient the upload within `limits` (ApiError: 400, 413, 415 or 422 when it is not)."""
     if not data:
         raise bad_image("the image is empty")
     fmt = sniff_format(data)
@@ -118,7 +115,7 @@ def decode_image(data: bytes, limits: Limits | int) -> DecodedImage:
                 # in it, so resizing that box, not the padded whole, keeps coordinates in place.
                 drafted = image.draft(None, stored)
                 box = drafted[1] if drafted is not None else None
-            return DecodedImage(to_tensor(image, stored, orientation, box), fmt, width, height)
+            return DecodedImage(to_tensor(image, stored, orientation, box), width, height)
     except ApiError:
         raise
     except Image.DecompressionBombError as exc:

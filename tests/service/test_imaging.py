@@ -11,7 +11,7 @@ from rle_helpers import encode_mask, encode_masks
 from service_helpers import blocks_image, encode
 
 from service.errors import ApiError
-from service.imaging import decode_image, sniff_format, to_tensor
+from service.imaging import Limits, decode_image, sniff_format, to_tensor
 
 LIMIT = 10_000_000
 
@@ -21,15 +21,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 def _status(data: bytes, max_pixels: int = LIMIT) -> int:
     with pytest.raises(ApiError) as info:
-        decode_image(data, max_pixels)
+        decode_image(data, Limits(max_pixels))
     return info.value.status
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_allowed_formats_decode_to_rgb_uint8_chw(fmt: str) -> None:
     pixels = blocks_image(1, 40, 56)
-    decoded = decode_image(encode(pixels, fmt), LIMIT)
-    assert decoded.format == fmt
+    data = encode(pixels, fmt)
+    assert sniff_format(data) == fmt
+    decoded = decode_image(data, Limits(LIMIT))
     assert decoded.tensor.dtype == torch.uint8
     assert tuple(decoded.tensor.shape) == (3, 40, 56)
     if fmt == "PNG":  # lossless
@@ -40,7 +41,7 @@ def test_exif_orientation_is_applied() -> None:
     pixels = blocks_image(2, 30, 50)  # 50 wide, 30 high as stored
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    decoded = decode_image(encode(pixels, "JPEG", exif=exif.tobytes(), quality=95), LIMIT)
+    decoded = decode_image(encode(pixels, "JPEG", exif=exif.tobytes(), quality=95), Limits(LIMIT))
     assert (decoded.width, decoded.height) == (30, 50)
 
 
@@ -98,7 +99,7 @@ def test_every_pillow_mode_becomes_rgb(mode: str) -> None:
 def test_i16_png_round_trip_through_decode() -> None:
     grey = Image.fromarray(np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000)
     assert grey.mode == "I;16"
-    tensor = decode_image(encode(grey, "PNG"), LIMIT).tensor
+    tensor = decode_image(encode(grey, "PNG"), Limits(LIMIT)).tensor
     assert int(tensor[0, 5, 7]) == round(47_000 / 257)
 
 

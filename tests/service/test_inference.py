@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from service_helpers import as_multipart, as_raw, blocks_image, encode
 
 from models import Detections, Predictor, Query, SemanticMap
-from service.imaging import decode_image
+from service.imaging import Limits, decode_image
 
 pytestmark = [
     pytest.mark.anyio,
@@ -30,7 +30,7 @@ def _decode_rle(rle: dict[str, Any]) -> np.ndarray:
 
 def _own_result(predictor: Predictor, data: bytes, query: Query) -> Any:
     """What the predictor itself says about the same uploaded bytes."""
-    tensor = decode_image(data, 10**8).tensor
+    tensor = decode_image(data, Limits(10**8)).tensor
     return predictor.predict([tensor], [query])[0]
 
 
@@ -214,4 +214,4 @@ async def test_openapi_documents_the_real_shapes(client: httpx.AsyncClient) -> N
 
 def test_helpers_agree_with_the_service_decoder() -> None:
     pixels = blocks_image(20, 10, 12)
-    assert torch.equal(decode_image(encode(pixels), 10**6).tensor, torch.from_numpy(pixels).permute(2, 0, 1))
+    assert torch.equal(decode_image(encode(pixels), Limits(10**6)).tensor, torch.from_numpy(pixels).permute(2, 0, 1))
