@@ -14,7 +14,9 @@ Per task, on one seeded set of mixed-size images (or --images DIR, e.g. artifact
   (f) litserve_w2  LitServe with two inference processes (workers_per_device=2), each on half the cores;
   (g) service_r2 two replicas of the service (two processes, as `docker compose --scale api=2` on one
                  machine), each on half the cores; the clients spread their connections over both;
-  (h) service_r2_nginx  the same behind nginx (docker/nginx.conf, a worker process per core), as deployed.
+  (h) service_r2_nginx  the same behind nginx (docker/nginx.conf, a worker process per core), as deployed;
+  (i) service_fp32  only when named in --systems: the service with PRECISION=fp32, so that
+                 `ratios.<task>.peak_vs_service_fp32` is the runtime choice's gain (PRECISION=auto).
 The raw forward runs batches of 8 that third way too (--workers threads side by side); its best way is
 the limit every system is measured against.
 (b)-(d) get multipart uploads, as `curl -F` sends them, from bench/loadgen.py: closed loop at each
@@ -59,6 +61,8 @@ MAX_BATCH = 8
 MAX_WAIT_MS = 10.0
 WORKERS = 2  # for the *_w2 and *_r2 systems and the raw forward's parallel way: one per core on the CI machine
 SYSTEMS = ("service", "batch1", "litserve", "service_w2", "litserve_w2", "service_r2", "service_r2_nginx")
+# On request only: the service with PRECISION=fp32, against which the runtime choice (PRECISION=auto) is judged.
+OPTIONAL_SYSTEMS = ("service_fp32",)
 Pictures = list[tuple[bytes, str]]
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
@@ -130,6 +134,9 @@ def run_task(task: str, pictures: Pictures, args: argparse.Namespace) -> dict[st
     servers: dict[str, Callable[[], AbstractContextManager[systems.Server]]] = {
         "service": lambda: systems.densepred("service", args.model_dir, task, args.max_batch, MAX_WAIT_MS, **extra),
         "batch1": lambda: systems.densepred("batch1", args.model_dir, task, 1, MAX_WAIT_MS, **extra),
+        "service_fp32": lambda: systems.densepred(
+            "service_fp32", args.model_dir, task, args.max_batch, MAX_WAIT_MS, **(extra | {"precision": "fp32"})
+        ),
         "litserve": lambda: systems.litserve(args.model_dir, task, args.max_batch, MAX_WAIT_MS),
         "service_w2": lambda: systems.densepred(
             "service_w2", args.model_dir, task, args.max_batch, MAX_WAIT_MS, inference_workers=str(WORKERS), **extra
@@ -198,6 +205,8 @@ def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "service_c8_vs_batch1_c1": _ratio(c8.get("throughput_rps"), batch1.get(1, {}).get("throughput_rps")),
         "cold_start_s": {name: s["started_s"] for name, s in systems.items()},
     }
+    if "service_fp32" in systems:  # the runtime choice's gain, in the service as it ships
+        out["peak_vs_service_fp32"] = _target(_ratio(peak.get("service"), peak.get("service_fp32")), ">=", 1.4)
     out |= _cpu_targets(report, "service", "litserve")
     for name, suffix in _SCALED.items():  # each against LitServe with two inference processes
         if name in systems:
@@ -317,7 +326,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, help="a folder of JPEG/PNG/WEBP images instead of the synthetic set")
     parser.add_argument("--image-count", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS + OPTIONAL_SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.8, 1.0, 1.2], help="x raw batched capacity")
     parser.add_argument("--seconds", type=float, default=7.0, help="per load point")

@@ -1,6 +1,7 @@
 """Score what a user receives: the three endpoints, through HTTP, on a COCO-format dataset folder.
 
     python bench/http_eval.py --model-dir STORE --data DIR [--split val] [--by background] --out RESULT.json
+    python bench/http_eval.py ... --setting precision=fp32    # any DENSEPRED_* setting of the service
 
 Starts `python -m service` on the store (a loopback port), posts every image of the split to /detect,
 /instances and /segment as the raw file, and scores the answers the way `trainer eval` scores the
@@ -99,10 +100,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--by", help="also score each value of this image field (e.g. background)")
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="a service setting")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with harness.service(args.model_dir) as served:
+    settings = dict(item.split("=", 1) for item in args.setting)
+    with harness.service(args.model_dir, **settings) as served:
         result = score(served.url, args.data, args.split, args.by)
+        # Which runtime answered (PRECISION=auto chooses per model at warm-up): the parity check's subject.
+        listed = httpx.get(f"{served.url}/models", timeout=30).json()
+        result["settings"] = settings
+        result["runtimes"] = {entry["task"]: entry.get("runtime") for entry in listed["models"]}
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ STYLE = {
     "litserve_w2": {"color": "tab:olive", "label": "LitServe, 2 workers"},
     "service_r2": {"color": "tab:brown", "label": "service, 2 replicas"},
     "service_r2_nginx": {"color": "tab:pink", "label": "service, 2 replicas behind nginx"},
+    "service_fp32": {"color": "tab:gray", "label": "service, PRECISION=fp32"},
 }
 
 

@@ -17,7 +17,7 @@ import cpuuse  # noqa: E402
 # Each thread spins until it has used its share of CPU (thread_time counts this thread only).
 _WORKLOAD = """
 import sys, threading, time
-from service.runtime import name_os_thread
+from service.threads import name_os_thread
 
 def burn(seconds):
     while time.thread_time() < seconds:

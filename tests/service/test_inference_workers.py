@@ -13,7 +13,7 @@ import torch
 from service_helpers import WrappedPredictor, as_raw, blocks_image, encode, serve, settings_for
 
 from models import TASKS, Predictor
-from service.runtime import inference_threads
+from service.threads import inference_threads
 
 pytestmark = pytest.mark.anyio
 

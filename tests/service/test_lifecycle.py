@@ -25,7 +25,8 @@ from service_helpers import (
 
 from models import TASKS, Predictor
 from service import create_app
-from service.runtime import curl_examples, inference_threads
+from service.runtime import curl_examples
+from service.threads import inference_threads
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,61 @@
+"""The threads the service computes on, and their OpenMP teams.
+
+On a CPU every model shares `INFERENCE_WORKERS` inference threads, which split the cores between their
+OpenMP teams; on a GPU each model has threads of its own. Reloads load and warm on a thread of their
+own with an inference thread's team size. Threads are named for the OS too, so `top -H` and
+bench/cpuuse.py can tell where the CPU goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+_PR_SET_NAME = 15  # prctl option, from <linux/prctl.h>
+
+
+def inference_threads(
+    tasks: Sequence[str], device: torch.device, workers: int = 1, cpu_threads: int = 0
+) -> dict[str, ThreadPoolExecutor]:
+    """The threads batches run on: on a CPU `workers` threads shared by every model, splitting the cores
+    (`cpu_threads` of them, or torch's default) between them; on a GPU `workers` threads per model."""
+    if device.type == "cpu":
+        return dict.fromkeys(tasks, _inference_threads("inference", workers, _team(workers, cpu_threads)))
+    return {task: _inference_threads(f"infer-{task}", workers) for task in tasks}
+
+
+def reload_thread(device: torch.device, workers: int = 1, cpu_threads: int = 0) -> ThreadPoolExecutor:
+    """The thread reloads load and warm new models on, beside the batches: with the OpenMP team size of
+    an inference thread, so that a warm-up computes as a batch will."""
+    return _inference_threads("reload", 1, _team(workers, cpu_threads) if device.type == "cpu" else None)
+
+
+def _team(workers: int, cpu_threads: int) -> int | None:
+    """Threads per inference thread's OpenMP team on a CPU; None: torch's default, untouched."""
+    # torch's default is the physical cores; one worker on all of them keeps torch's settings untouched.
+    cores = cpu_threads or torch.get_num_threads()
+    return max(1, cores // workers) if workers > 1 or cpu_threads else None
+
+
+def _inference_threads(name: str, workers: int, torch_threads: int | None = None) -> ThreadPoolExecutor:
+    def start() -> None:
+        name_os_thread(name)
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)  # this thread's OpenMP team size
+
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=start)
+
+
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS too (top -H, /proc/PID/task/*/comm), so that an operator, and
+    bench/compare.py, can tell where the CPU goes; the OpenMP and CUDA threads it starts inherit the name.
+    Linux only, best effort: Python 3.11 names threads for itself alone."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
