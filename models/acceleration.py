@@ -21,9 +21,12 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from models import onnx_backend
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
+Backend = Literal["torch", "onnxruntime"]
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _BATCH_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -35,11 +38,13 @@ class Acceleration:
     precision: Precision = "fp32"  # fp16/bf16: autocast the forward pass (weights stay fp32)
     channels_last: bool = False  # NHWC memory layout: oneDNN and tensor cores prefer it for convolutions
     fold_bn: bool = False  # batch norm folded into the convolution before it (inference only)
+    # "onnxruntime": the convolutional part runs in ONNX Runtime on the CPU (models/onnx_backend.py).
+    backend: Backend = "torch"
 
     @property
     def name(self) -> str:
         parts = [self.precision] + ["channels_last"] * self.channels_last + ["fold_bn"] * self.fold_bn
-        return "+".join(parts)
+        return "+".join(parts + ([self.backend] if self.backend != "torch" else []))
 
 
 def cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -81,12 +86,18 @@ def autocast_dtype(device: torch.device, acceleration: Acceleration) -> torch.dt
 
 
 def prepare_model(model: nn.Module, device: torch.device, acceleration: Acceleration) -> nn.Module:
-    """The network in eval mode on `device`, batch norm folded and NHWC as `acceleration` asks."""
-    model = model.eval().to(device)
+    """The network in eval mode on `device`, batch norm folded, NHWC or partly in ONNX Runtime as
+    `acceleration` asks."""
+    model = onnx_backend.detach(model).eval().to(device)
     if acceleration.fold_bn:
         model = fold_batch_norms(model)
     # Back to NCHW too: a predictor switched from NHWC to a runtime without it must not keep NHWC weights.
-    return model.to(memory_format=torch.channels_last if acceleration.channels_last else torch.contiguous_format)
+    model = model.to(memory_format=torch.channels_last if acceleration.channels_last else torch.contiguous_format)
+    if acceleration.backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"the onnxruntime backend runs on a CPU, not on {device}")
+        model = onnx_backend.attach(model)
+    return model
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:

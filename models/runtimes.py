@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models import onnx_backend
 from models.acceleration import Acceleration, precisions
 from models.parity import PARITY_QUERY, Parity, compare
 from models.predictors import Predictor, Result, make_predictor
@@ -79,20 +80,28 @@ class RuntimeChoice:
         return self.acceleration.precision
 
     @property
+    def backend(self) -> str:
+        return self.acceleration.backend
+
+    @property
     def memory_format(self) -> str:
         return "channels_last" if self.acceleration.channels_last else "contiguous"
 
     def to_json(self) -> dict[str, Any]:
         return {"runtime": self.acceleration.name, "precision": self.precision, "memory_format": self.memory_format,
-                "fold_bn": self.acceleration.fold_bn, "compiled": self.compiled, "mode": self.mode,
-                "reason": self.reason, "seconds": round(self.seconds, 3), "compile": self.compile_note or None,
-                "candidates": [c.to_json() for c in self.candidates]}  # fmt: skip
+                "fold_bn": self.acceleration.fold_bn, "backend": self.backend, "compiled": self.compiled,
+                "mode": self.mode, "reason": self.reason, "seconds": round(self.seconds, 3),
+                "compile": self.compile_note or None, "candidates": [c.to_json() for c in self.candidates]}  # fmt: skip
 
 
 def candidates(device: torch.device) -> list[Acceleration]:
-    """Every runtime worth trying on `device`, fp32 (NCHW, unfolded) first."""
+    """Every runtime worth trying on `device`, fp32 (NCHW, unfolded) first; on a CPU with ONNX Runtime
+    installed, fp32 in ONNX Runtime too (it does its own layout choice and batch-norm fusion)."""
     combos = itertools.product(precisions(device), (False, True), (False, True))
-    return [Acceleration(p, channels_last, fold) for p, channels_last, fold in combos]
+    found = [Acceleration(p, channels_last, fold) for p, channels_last, fold in combos]
+    if device.type == "cpu" and onnx_backend.available():
+        found.append(Acceleration(backend="onnxruntime"))
+    return found
 
 
 def sample_images(sizes: Sequence[tuple[int, int]] = SAMPLE_SIZES, seed: int = 0) -> list[Tensor]:

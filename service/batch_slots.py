@@ -69,7 +69,7 @@ class BatchSlots(Generic[In, Out]):
         self.runner = runner  # read on the thread as each batch starts: replacing it is a batch boundary
         self.executor: Executor | None = None
         self._observer, self._estimates = observer, estimates
-        self._free = asyncio.Semaphore(count)
+        self._free = asyncio.Semaphore(count)  # replaced by open(), on the loop that runs the batches
         self._running: dict[asyncio.Task[None], _Running[In, Out]] = {}
 
     @property
@@ -83,6 +83,10 @@ class BatchSlots(Generic[In, Out]):
     def items(self) -> list[Pending[In, Completed[Out]]]:
         return [pending for batch in self._running.values() for pending in batch.items]
 
+    def open(self) -> None:
+        """Fresh slots for a (re)started worker: those a stopped worker held are not carried over."""
+        self._free = asyncio.Semaphore(self.count)
+
     async def acquire(self) -> None:
         await self._free.acquire()
 
@@ -95,13 +99,14 @@ class BatchSlots(Generic[In, Out]):
         running = _Running(items, time.perf_counter())
         task = asyncio.create_task(self._process(running), name=f"batch-{self.name}")
         self._running[task] = running
+        free = self._free  # the slot came from these, even if a restart has made new ones since
 
         def finished(done: asyncio.Task[None]) -> None:
             error = None if done.cancelled() else done.exception()
             if error is not None:
                 on_escape(error)
             self._running.pop(done, None)
-            self._free.release()
+            free.release()
 
         task.add_done_callback(finished)
 

@@ -141,6 +141,7 @@ class Batcher(Generic[In, Out]):
         if self._worker is not None:
             raise RuntimeError(f"batcher {self.name!r} already started")
         # Threads of its own unless the caller shares some: never more batches at once than slots.
+        self._slots.open()
         self._slots.executor = self._shared_executor or ThreadPoolExecutor(
             self.max_concurrent_batches, thread_name_prefix=f"batch-{self.name}"
         )

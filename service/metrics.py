@@ -68,7 +68,7 @@ class Metrics:
         self.runtime_info = Gauge(
             "densepred_runtime_info",
             "The runtime each model runs with (1), chosen at warm-up: PRECISION=auto measures, see /models.",
-            ["task", "precision", "memory_format", "compiled"],
+            ["task", "precision", "memory_format", "compiled", "backend"],
             registry=r,
         )
         self._runtime_labels: dict[str, tuple[str, ...]] = {}
@@ -106,7 +106,7 @@ class Metrics:
 
     def runtime_chosen(self, choice: RuntimeChoice) -> None:
         """One series per task: the old one goes when the runtime changes (compiled, or a reload)."""
-        labels = (choice.task, choice.precision, choice.memory_format, str(choice.compiled).lower())
+        labels = (choice.task, choice.precision, choice.memory_format, str(choice.compiled).lower(), choice.backend)
         old = self._runtime_labels.get(choice.task)
         if old is not None and old != labels:
             self.runtime_info.remove(*old)

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from processes import Service, service
+from torch import nn
 
-from models import DEFAULT_ARCH, TASKS, Category, Manifest, build_model, get_arch, save_entry
+from models import DEFAULT_ARCH, TASKS, Category, Manifest, build_model, get_arch, make_predictor, save_entry
+from models.predictors import Predictor
 
 SHAPES = [Category(1, "circle"), Category(2, "square"), Category(3, "triangle")]
 
@@ -23,6 +25,22 @@ def save_random_model(store: Path, task: str, seed: int = 0) -> Manifest:
     manifest = Manifest(task=task, arch=arch, num_classes=4, categories=list(SHAPES), input=dict(spec.input))
     save_entry(store, manifest, model.state_dict())
     return manifest
+
+
+def tiny_predictor(task: str, seed: int = 0) -> Predictor:
+    """A small untrained predictor whose batch norms hold running statistics as training leaves them."""
+    torch.manual_seed(seed)
+    arch = DEFAULT_ARCH[task]
+    model = build_model(task, arch, num_classes=4)
+    for module in model.modules():  # running statistics as training leaves them, so that folding does something
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None
+            assert module.running_var is not None
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+    spec = get_arch(task, arch)
+    manifest = Manifest(task=task, arch=arch, num_classes=4, categories=list(SHAPES), input=dict(spec.input))
+    return make_predictor(model, manifest)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_auto_measures_at_warm_up_and_shows_the_choice(random_store: Path, tmp_p
     assert runtime["runtime"] in tried
     info = metric_samples(metrics, "densepred_runtime_info")
     labels = (
-        f'{{compiled="false",memory_format="{runtime["memory_format"]}",'
+        f'{{backend="{runtime["backend"]}",compiled="false",memory_format="{runtime["memory_format"]}",'
         f'precision="{runtime["precision"]}",task="segment"}}'
     )
     assert info == {labels: 1.0}, info
