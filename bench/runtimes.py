@@ -9,9 +9,10 @@ so that on a shared machine the ratios hold even where the absolute times do not
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one fp32 batch (convolutions and matrix products).
 Peak: cores x clock x FLOP per cycle per core, from /proc/cpuinfo: 2 FMA units x (16 fp32 lanes with
-avx512f, 8 with avx2+fma) x 2 FLOP per FMA (both units of 512 bits, as on Intel Xeon and AMD Zen 4/5;
-Zen 4 runs 512-bit FMAs as two halves, so its true peak is half this); bf16 dot products (avx512_bf16 or
-amx_bf16) double it. Clock: the "cpu MHz" /proc/cpuinfo reports (the base clock on a VM).
+avx512f, 8 with avx2+fma) x 2 FLOP per FMA (both units 512 bits wide, as on Intel Xeon and AMD Zen 5; AMD
+Zen 4, family 25, runs 512-bit FMAs as two halves: 8 lanes); bf16 dot products (avx512_bf16 or amx_bf16)
+double it. Clock: the "cpu MHz" /proc/cpuinfo reports (the base clock on a VM). Beside it, `gemm_gflops`:
+a 2048^2 fp32 matrix product measured at 1 thread and at all cores, what the chip gives at best.
 
 ONNX Runtime (when installed, optional): the FCN network and the R-CNN backbone+FPN, exported once at
 one batch shape, against torch's eager forward of the same tensor, network only.
@@ -43,18 +44,49 @@ BATCH = 8
 
 def peak_gflops(flags: frozenset[str] | None = None) -> dict[str, Any]:
     flags = cpu_flags() if flags is None else flags
+    info = _cpuinfo()
     lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
-    mhz = 0.0
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            mhz = float(line.split(":")[1])
-            break
+    # AMD Zen 4 (family 25 with AVX-512) runs a 512-bit FMA as two 256-bit halves; Zen 5 (family 26) does not.
+    if lanes == 16 and info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":
+        lanes = 8
+    mhz = float(info.get("cpu MHz", 0.0))
     cores = len(os.sched_getaffinity(0))
     fp32 = cores * mhz / 1000 * 2 * lanes * 2
     bf16 = 2 * fp32 if {"avx512_bf16", "amx_bf16"} & flags else None
-    how = f"{cores} cores x {mhz / 1000:.3f} GHz x 2 FMA units x {lanes} fp32 lanes x 2 FLOP per FMA"
+    how = (f"{cores} cores x {mhz / 1000:.3f} GHz x 2 FMA units x {lanes} fp32 lanes x 2 FLOP per FMA "
+           f"({info.get('vendor_id')} family {info.get('cpu family')}); a VM's vCPUs may be SMT siblings of "
+           "fewer physical cores: gemm_gflops measures what the cores give")  # fmt: skip
     return {"fp32_gflops": round(fp32, 1), "bf16_gflops": bf16 and round(bf16, 1), "how": how,
+            "gemm_gflops": gemm_gflops(cores),
             "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))}  # fmt: skip
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def gemm_gflops(cores: int, n: int = 2048, repeats: int = 8) -> dict[str, float]:
+    """fp32 matrix products (oneDNN/MKL sgemm, the best case for the chip) at 1 thread and at every core: the
+    attainable peak, and whether the cores add up (they do not when vCPUs are SMT siblings)."""
+    before = torch.get_num_threads()
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rates = {}
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        a @ b  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        rates[f"threads_{threads}"] = round(2 * n**3 * repeats / (time.perf_counter() - started) / 1e9, 1)
+    torch.set_num_threads(before)
+    return rates
 
 
 def gflop_per_image(predictor: models.Predictor, batches: list[list[torch.Tensor]]) -> float:

@@ -8,17 +8,18 @@ faster on one with them (AVX512-BF16, AMX), by model.
 
 from __future__ import annotations
 
-import copy
 import functools
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from models import onnx_backend
@@ -101,58 +102,42 @@ def prepare_model(model: nn.Module, device: torch.device, acceleration: Accelera
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode batch norm that directly follows a convolution into it (torch.fx).
-
-    A network whose forward cannot be traced as a whole (torchvision's detectors: data-dependent control
-    flow) is folded part by part: each child is tried in turn, so the backbone and FPN fold while the
-    RPN and RoI heads stay as they are. A part is replaced only where something was folded."""
-    try:
-        graph = torch.fx.GraphModule(model, _Tracer().trace(model))
-    except Exception:  # noqa: BLE001 (tracing fails in many ways on untraceable code: recurse instead)
-        for name, child in model.named_children():
-            setattr(model, name, fold_batch_norms(child))
-        return model
-    return graph if _fold_graph(graph) else model
-
-
-class _Tracer(torch.fx.Tracer):
-    """torch.nn's modules are leaves by default; torchvision's frozen batch norm must be one too."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, FrozenBatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+    """Fold, in place, every eval-mode batch norm that directly follows a convolution, where the structure
+    says it does: consecutive children of a container that runs them in order (nn.Sequential, torchvision's
+    IntermediateLayerGetter), and the named pairs of torchvision's ResNet blocks. The folded norm becomes an
+    identity. By structure, not by torch.fx: tracing patches nn.Module.__call__ for every thread, and the
+    service folds a copy while the model itself serves on another thread. (A fold the structure gets wrong
+    would change the answers: models/runtimes.py keeps a candidate only where they match fp32's.)"""
+    for module in list(model.modules()):
+        for conv_name, norm_name in _conv_norm_pairs(module):
+            conv, norm = getattr(module, conv_name), getattr(module, norm_name)
+            conv.weight, conv.bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+            )
+            setattr(module, norm_name, nn.Identity())
+    return model
 
 
-def _fold_graph(graph: torch.fx.GraphModule) -> int:
-    modules = dict(graph.named_modules())
-    folded = 0
-    for node in list(graph.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], _BATCH_NORMS):
-            continue
-        source = node.args[0]
-        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) > 1:
-            continue
-        conv, norm = modules[source.target], modules[node.target]
-        if not isinstance(conv, nn.Conv2d) or conv.transposed:
-            continue
-        fused = copy.deepcopy(conv)  # same geometry and padding mode; weights and bias replaced below
-        fused.weight, fused.bias = fuse_conv_bn_weights(
-            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-        )
-        _replace_module(graph, str(source.target), fused.eval())
-        node.replace_all_uses_with(source)
-        graph.graph.erase_node(node)
-        folded += 1
-    if folded:
-        graph.graph.lint()
-        graph.delete_all_unused_submodules()
-        graph.recompile()
-    return folded
+def _conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    if isinstance(module, _IN_ORDER):
+        children = list(module.named_children())
+        candidates = [(a, b) for (a, _), (b, _) in itertools.pairwise(children)]
+    else:
+        candidates = list(_NAMED_PAIRS.get(type(module), ()))
+    return [(c, n) for c, n in candidates if _foldable(getattr(module, c), getattr(module, n))]
 
 
-def _replace_module(root: nn.Module, target: str, module: nn.Module) -> None:
-    *parents, name = target.split(".")
-    parent = functools.reduce(getattr, parents, root) if parents else root
-    setattr(parent, name, module)
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    if not isinstance(conv, nn.Conv2d) or conv.transposed or not isinstance(norm, _BATCH_NORMS):
+        return False
+    return norm.running_mean is not None and not norm.training
+
+
+_IN_ORDER = (nn.Sequential, IntermediateLayerGetter)
+_NAMED_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
 
 
 __all__ = ["Acceleration", "Precision", "autocast_dtype", "fold_batch_norms", "precisions", "prepare_model"]

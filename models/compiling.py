@@ -19,8 +19,7 @@ from torch import nn
 
 from models.parity import PARITY_QUERY, compare
 from models.predictors import Predictor
-from models.runtimes import MIN_SPEEDUP, sample_images, wall_time
-from models.shape_groups import PaddingStats
+from models.runtimes import MIN_SPEEDUP, sample_images, twin, wall_time
 
 
 def compiled_model(predictor: Predictor, backend: str = "inductor") -> nn.Module:
@@ -33,20 +32,13 @@ def compiled_model(predictor: Predictor, backend: str = "inductor") -> nn.Module
     return cast(nn.Module, model)
 
 
-def _twin(predictor: Predictor, model: nn.Module) -> Predictor:
-    """The predictor with another model and padding counters of its own (the served ones stay untouched)."""
-    twin = copy.copy(predictor)
-    twin.model, twin.padding = model, PaddingStats()
-    return twin
-
-
 def try_compile(predictor: Predictor, backend: str = "inductor", rounds: int = 5) -> tuple[nn.Module | None, str]:
     """Compile, check parity on the sample images, time paired rounds; the compiled model if it wins, and why."""
     images = sample_images()
-    eager = _twin(predictor, predictor.model)
+    eager = twin(predictor, predictor.model)
     reference = eager.predict(images, [PARITY_QUERY] * len(images))
     started = time.perf_counter()
-    fast = _twin(predictor, compiled_model(predictor, backend))
+    fast = twin(predictor, compiled_model(predictor, backend))
     parity = compare(reference, fast.predict(images, [PARITY_QUERY] * len(images)))
     compile_s = time.perf_counter() - started
     if not parity.ok:

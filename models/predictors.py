@@ -107,6 +107,14 @@ class Predictor(ABC):
         self.autocast_dtype = autocast_dtype(self.device, acceleration)
         self.model = prepare_model(self.model, self.device, acceleration)
 
+    def adopt(self, other: Predictor) -> None:
+        """Run `other`'s prepared network and runtime from the next forward pass on: a measured candidate
+        (models/runtimes.py) is taken as it is, not prepared a second time (an ONNX export takes seconds)."""
+        if other.manifest != self.manifest:
+            raise ValueError("a predictor adopts the runtime of a twin of the same model only")
+        self.model, self.acceleration = other.model, other.acceleration
+        self.channels_last, self.autocast_dtype = other.channels_last, other.autocast_dtype
+
     @torch.inference_mode()
     def predict(
         self, images: Sequence[Tensor], queries: Sequence[Query] | None = None, frames: Sequence[Frame] | None = None

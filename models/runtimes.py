@@ -10,7 +10,8 @@ batch norm folded or not. Each is built from a copy of the fp32 model and
    at least `min_rounds` rounds and as many more as `budget_s` allows;
 3. `select` keeps the fastest by its median paired ratio to fp32, only if at least `MIN_SPEEDUP` faster.
 
-The outcome, with every candidate's figures, is a `RuntimeChoice` (logged and shown by the service).
+The outcome, with every candidate's figures, is a `RuntimeChoice` (logged and shown by the service); it
+carries the winner's predictor, already prepared (an ONNX export or a fold is not done twice).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from models import onnx_backend
 from models.acceleration import Acceleration, precisions
 from models.parity import PARITY_QUERY, Parity, compare
 from models.predictors import Predictor, Result, make_predictor
+from models.shape_groups import PaddingStats
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class RuntimeChoice:
     seconds: float = 0.0  # time the choice took
     compiled: bool = False
     compile_note: str = ""
+    # The winning candidate's predictor, prepared and checked (None when fp32 stays): the service serves it.
+    runner: Predictor | None = field(default=None, repr=False, compare=False)
 
     @property
     def precision(self) -> str:
@@ -167,8 +171,10 @@ def choose_runtime(
     images: Sequence[Tensor] | None = None,
     timer: Timer = wall_time,
 ) -> RuntimeChoice:
-    """Measure the candidates on `predictor`'s device (the predictor itself is left as it is: fp32)."""
+    """Measure the candidates on `predictor`'s device. The predictor itself is left as it is (fp32, its
+    padding counters untouched): it may be serving meanwhile, on another thread."""
     started = time.perf_counter()
+    predictor = twin(predictor)
     images = list(images if images is not None else sample_images())
     queries = [PARITY_QUERY] * len(images)
     reference = predictor.predict(images, queries)  # also its warm-up for these shapes
@@ -184,12 +190,21 @@ def choose_runtime(
     timed = [r for r in reports if r.parity is None or r.parity.ok]
     _time_rounds(runners, timed, images, timer, started + budget_s, min_rounds)
     acceleration, reason = select(reports)
+    runner = next((r for r in runners[1:] if r.acceleration == acceleration), None)
     choice = RuntimeChoice(predictor.manifest.task, str(predictor.device), acceleration, "measured", reason, reports,
-                           time.perf_counter() - started)  # fmt: skip
+                           time.perf_counter() - started, runner=runner)  # fmt: skip
     log.info("%s runtime on %s: %s (%s; %.2f s)", choice.task, choice.device, acceleration.name, reason, choice.seconds)
     for report in reports:
         log.info("  %s", report.to_json())
     return choice
+
+
+def twin(predictor: Predictor, model: nn.Module | None = None) -> Predictor:
+    """The predictor with padding counters of its own, and `model` if given (else its own, shared): the
+    served predictor, whose counters are metrics, stays untouched by measurements."""
+    copied = copy.copy(predictor)
+    copied.model, copied.padding = model if model is not None else predictor.model, PaddingStats()
+    return copied
 
 
 def _try(

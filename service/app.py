@@ -37,6 +37,14 @@ class State(TypedDict):
     reloader: Reloader
 
 
+async def start_up(runtime: Runtime, reloader: Reloader) -> None:
+    """Warm every model (readiness), then measure runtimes in the background if asked, then compile if asked."""
+    await runtime.warm_up()
+    if runtime.settings.precision == "auto" and runtime.settings.runtime_selection == "background":
+        await reloader.measure_runtimes()
+    runtime.start_compiling()
+
+
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
     """Build the service; `loader(task, device)` replaces reading the model store (tests wrap predictors)."""
     settings = settings or Settings()
@@ -51,7 +59,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         # For begin_drain and request_reload, which the server calls from outside any request.
         app.state.runtime, app.state.reloader = runtime, reloader
         # Serve /healthz and /readyz (503) while warming; inference routes answer 503 until then.
-        warm = asyncio.create_task(runtime.warm_up(), name="warm-up")
+        warm = asyncio.create_task(start_up(runtime, reloader), name="warm-up")
         if getattr(app.state, "reload_requested", False):  # a SIGHUP came while the models were loading
             reloader.request("SIGHUP")
         reloader.start_polling(settings.reload_interval_s)

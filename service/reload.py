@@ -19,6 +19,10 @@ Any error in 1-2 (missing or damaged files, a checksum or architecture mismatch,
 out of memory) leaves the old version serving; the task's result says why. Reloads never interleave:
 `POST` while one runs is a 409; signals and polls that arrive meanwhile, or during start-up, run once
 after it (coalesced into one). Once draining has begun, nothing new starts (503 for `POST`).
+
+The same thread and switch serve start-up's runtime measurement (`measure_runtimes`, with PRECISION=auto
+and RUNTIME_SELECTION=background): fp32 serves from readiness on, and the measured runtime of the same
+version takes over at a batch boundary once chosen.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import time
 
 import torch
 
-from models import StoreError, read_manifest
+from models import Predictor, StoreError, read_manifest
 from models.runtimes import RuntimeChoice
 from service.errors import ApiError
-from service.runtime import Runtime, ServedModel, TaskModel, batch_fn, job_pixels, watch
+from service.runtime import Runtime, ServedModel, TaskModel, batch_fn, configure, job_pixels, watch
 from service.schemas import ErrorDetail, Outcome, ReloadReport, TaskReload
+from service.warming import PENDING, measure
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,42 @@ class Reloader:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def measure_runtimes(self) -> None:
+        """After start-up with RUNTIME_SELECTION=background: measure each model's runtime on the reload thread
+        while fp32 serves, and switch to the winner at a batch boundary. No lock: a reload meanwhile queues on
+        the same thread, and a model it replaced is not switched (the new version measured its own runtime)."""
+        for task, model in self.runtime.models.items():
+            if self.runtime.draining:
+                return
+            if model.state == "ready" and model.choice is not None and model.choice.mode == PENDING:
+                await self._measure(task, model)
+
+    async def _measure(self, task: str, model: TaskModel) -> None:
+        served = model.predictor
+        if not isinstance(served, Predictor):  # a test double: nothing to measure
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            choice = await loop.run_in_executor(self.runtime.reload_executor, measure, served, self.runtime.settings)
+        except Exception as exc:  # noqa: BLE001 (fp32 goes on serving; the reason is shown in /models)
+            log.exception("%s: measuring the runtimes failed; fp32 serves on", task)
+            model.choice = RuntimeChoice(task, str(served.device), served.acceleration, "measured", f"failed: {exc}")
+            return
+        runner, choice.runner = choice.runner, None
+        if model.predictor is not served:  # a reload replaced it meanwhile, and measured its own runtime
+            return
+        old_batches: set[asyncio.Task[None]] = set()
+        if runner is not None:  # another runtime won: same version, so no reload is recorded
+            configure(runner, self.runtime.settings)
+            runner.padding = served.padding  # the padding counters go on, not restart
+            old_batches = model.batcher.swap(batch_fn(runner), job_pixels(runner))
+            model.predictor = runner
+        model.choice = choice
+        self.runtime.metrics.runtime_chosen(choice)
+        if runner is not None:
+            del served, runner
+            await self._free_old(task, old_batches)
 
     async def _run_pending(self) -> None:
         while self._pending is not None:

@@ -271,12 +271,14 @@ class Runtime:
         configure(predictor, self.settings)
         return predictor
 
-    async def warm_model(self, task: str, predictor: ServedModel, executor: Executor | None = None) -> RuntimeChoice:
-        """Choose the runtime and run the warm-up pass (service/warming.py): at start-up on the thread that will
-        run the model's batches, on a reload on the reload thread, whose OpenMP team is the same size.
-        Start-up and reloads warm through here."""
+    async def warm_model(
+        self, task: str, predictor: ServedModel, executor: Executor | None = None, measure: bool = True
+    ) -> RuntimeChoice:
+        """Choose the runtime (unless `measure` is false: see service/warming.py) and run the warm-up pass: at
+        start-up on the thread that will run the model's batches, on a reload on the reload thread, whose
+        OpenMP team is the same size. Start-up and reloads warm through here."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor or self.executors[task], warm, predictor, self.settings)
+        return await loop.run_in_executor(executor or self.executors[task], warm, predictor, self.settings, measure)
 
     @property
     def ready(self) -> bool:
@@ -294,11 +296,13 @@ class Runtime:
         return None
 
     async def warm_up(self) -> None:
-        """Choose each model's runtime and run its warm-up pass, off the event loop (service/warming.py);
-        readiness flips once all have passed. With COMPILE, compiling starts after that, in the background."""
+        """Run each model's warm-up pass off the event loop (service/warming.py), after measuring its runtime
+        unless RUNTIME_SELECTION=background (then the Reloader measures once serving); readiness flips once
+        all have passed."""
+        measure = self.settings.runtime_selection == "warm-up"
         for task, model in self.models.items():
             try:
-                model.choice = await self.warm_model(task, model.predictor)
+                model.choice = await self.warm_model(task, model.predictor, measure=measure)
             except Exception:
                 model.state = "failed"
                 log.exception("warm-up of %s failed; /readyz and /healthz answer 503", task)
@@ -309,6 +313,9 @@ class Runtime:
         self.warmed = True
         if self.ready:
             log.info("ready. Try:\n%s", "\n".join(curl_examples(self.settings)))
+
+    def start_compiling(self) -> None:
+        """With COMPILE, compile each model in the background, once its runtime is chosen."""
         for task, model in self.models.items():
             if self.settings.compile and model.choice is not None:
                 compile_in_background(model.predictor, model.choice, self.executors[task], self.metrics.runtime_chosen)

@@ -61,8 +61,21 @@ class Settings(BaseSettings):
         ),
     )
     channels_last: bool = Field(default=False, description="With a fixed PRECISION: NHWC memory layout.")
+    runtime_selection: Literal["background", "warm-up"] = Field(
+        default="background",
+        description=(
+            "PRECISION=auto: background: serve fp32 as soon as it is warm and switch to the measured runtime at a "
+            "batch boundary once chosen (cold start as with a fixed precision); warm-up: measure before /readyz."
+        ),
+    )
     runtime_budget_s: float = Field(
-        default=1.0, ge=0, le=60, description="PRECISION=auto: seconds per model for timing candidates (cold start)."
+        default=3.0,
+        ge=0,
+        le=60,
+        description=(
+            "PRECISION=auto: seconds per model for timing candidates (more rounds, a steadier choice). In the "
+            "background they cost no cold start; with RUNTIME_SELECTION=warm-up they add to it."
+        ),
     )
     compile: bool = Field(
         default=False,

@@ -1,10 +1,13 @@
-"""Loading and warming one model, with the runtime it will run on: the one path start-up and reload share.
+"""Warming a model with the runtime it will run on: the one path start-up and reloads share.
 
-`load_and_warm` loads a task's predictor, chooses its runtime (PRECISION=auto: measured on this device,
-parity-checked, models/runtimes.py; else the fixed PRECISION) and runs its warm-up pass. Start-up runs
-the two halves apart, `load` in the lifespan (a bad store fails start-up) and `warm` in the background
-(so that /healthz answers meanwhile); a reload calls `load_and_warm` for the model it loads beside the
-served one. Both run on the model's inference thread, as every torch computation does.
+`warm` chooses a loaded predictor's runtime (PRECISION=auto: measured on this device, parity-checked,
+models/runtimes.py; else the fixed PRECISION) and runs its warm-up pass, on the thread that will run its
+batches (start-up) or on the reload thread (a reload, while the old version serves).
+
+With PRECISION=auto and RUNTIME_SELECTION=background (the default), start-up does not wait for the
+measurement: `warm(..., measure=False)` warms fp32 and the model serves it (/readyz as soon as every model
+is warm, as with a fixed precision); `measure` then runs on the reload thread (service/reload.py,
+`Reloader.measure_runtimes`) and the winner is switched in at a batch boundary, as a reload is.
 
 With COMPILE=true, `compile_in_background` then compiles a copy off the inference thread while the
 eager model serves, and switches it in at a batch boundary only if it answers as eager does and is
@@ -17,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -27,6 +30,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PENDING = "pending"  # RuntimeChoice.mode while fp32 serves and the measurement has yet to run
+
 
 class Warmable(Protocol):
     manifest: Manifest
@@ -35,26 +40,32 @@ class Warmable(Protocol):
     def warmup(self) -> None: ...
 
 
-def load_and_warm(
-    load: Callable[[str, torch.device], Any], task: str, device: torch.device, settings: Settings
-) -> tuple[Any, RuntimeChoice]:
-    """Load `task`'s model, choose its runtime and warm it up, on the calling (inference) thread."""
-    predictor = load(task, device)
-    return predictor, warm(predictor, settings)
-
-
-def warm(predictor: Warmable, settings: Settings) -> RuntimeChoice:
-    """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass."""
+def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> RuntimeChoice:
+    """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass. With
+    `measure` false, PRECISION=auto warms fp32 and leaves the choice pending (`measure` makes it later)."""
     task, device = predictor.manifest.task, str(predictor.device)
-    if settings.precision == "auto" and isinstance(predictor, Predictor):
+    if settings.precision == "auto" and isinstance(predictor, Predictor) and measure:
         choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s)
-        predictor.accelerate(choice.acceleration)
+        if choice.runner is not None:
+            predictor.adopt(choice.runner)
+            choice.runner = None  # the predictor now runs its network
+    elif settings.precision == "auto" and isinstance(predictor, Predictor):
+        choice = RuntimeChoice(task, device, Acceleration(), PENDING, "fp32 serves while the runtimes are measured")
     else:
         # A fixed PRECISION (applied when loading), or a predictor that is not ours to measure (a test double).
         acceleration = getattr(predictor, "acceleration", Acceleration())
         choice = RuntimeChoice(task, device, acceleration, "fixed", f"PRECISION={settings.precision}")
         log.info("%s runtime on %s: %s (fixed by PRECISION=%s)", task, device, acceleration.name, settings.precision)
     predictor.warmup()
+    return choice
+
+
+def measure(predictor: Predictor, settings: Settings) -> RuntimeChoice:
+    """The measured choice for a serving fp32 predictor, which stays untouched; the winner, if another
+    runtime wins, comes as `choice.runner`, warmed up and ready to be switched in."""
+    choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s)
+    if choice.runner is not None:
+        choice.runner.warmup()
     return choice
 
 

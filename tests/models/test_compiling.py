@@ -9,8 +9,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from models import Category, Manifest, build_model, get_arch, make_predictor
-from models.compiling import _twin, compiled_model
+from models.compiling import compiled_model
 from models.parity import PARITY_QUERY, compare
+from models.runtimes import twin
 
 
 def test_mixed_sizes_and_batch_sizes_reuse_a_bounded_number_of_graphs() -> None:
@@ -21,7 +22,7 @@ def test_mixed_sizes_and_batch_sizes_reuse_a_bounded_number_of_graphs() -> None:
     predictor = make_predictor(build_model("segment", spec.name, num_classes=4), manifest)
     torch._dynamo.reset()
     counters.clear()
-    fast = _twin(predictor, compiled_model(predictor, backend="eager"))
+    fast = twin(predictor, compiled_model(predictor, backend="eager"))
     generator = torch.Generator().manual_seed(0)
     sizes = [(240, 320), (200, 300), (320, 240), (480, 352), (128, 160), (256, 512)]
     batches = [[torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)] * n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,14 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 import models.runtimes as runtimes
 from models import Detections, InstanceMasks, SemanticMap
 from models.acceleration import Acceleration, cpu_flags, fold_batch_norms, precisions
 from models.parity import PARITY_QUERY, Parity, compare
 from models.predictors import Predictor
+from models.registry import build_model
 from models.runtimes import BASELINE, CandidateReport, choose_runtime, sample_images, select
 from tests.conftest import tiny_predictor
 
@@ -87,6 +90,32 @@ def test_choose_runtime_with_fake_timings_takes_the_fast_candidate(task: str) ->
     assert choice.to_json()["candidates"][2]["parity"]["ok"] is True
 
 
+def test_the_choice_carries_the_winner_prepared_and_the_served_predictor_adopts_it() -> None:
+    predictor = tiny_predictor("detect")
+    choice = choose_runtime(predictor, budget_s=0, accelerations=[FOLD, NHWC],
+                            timer=lambda runner, images: 0.5 if runner.acceleration == FOLD else 1.0)  # fmt: skip
+    assert choice.acceleration == FOLD
+    assert choice.runner is not None
+    assert choice.runner.acceleration == FOLD
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in choice.runner.model.backbone.modules())
+    assert predictor.padding.forwards == 0  # the served predictor's counters (metrics) are untouched
+    images = sample_images()
+    expected = choice.runner.predict(images, [PARITY_QUERY] * 2)
+    predictor.adopt(choice.runner)  # no second preparation: the very network the measurement built
+    assert predictor.model is choice.runner.model
+    assert predictor.acceleration == FOLD
+    assert compare(expected, predictor.predict(images, [PARITY_QUERY] * 2)).ok
+    with pytest.raises(ValueError, match="same model"):
+        predictor.adopt(tiny_predictor("segment"))
+
+
+def test_fp32_staying_carries_no_runner() -> None:
+    choice = choose_runtime(tiny_predictor("segment"), budget_s=0, accelerations=[NHWC],
+                            timer=lambda runner, images: 1.0)  # fmt: skip
+    assert choice.acceleration == BASELINE
+    assert choice.runner is None
+
+
 def test_choose_runtime_drops_a_faster_candidate_whose_answers_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     predictor, other = tiny_predictor("segment"), tiny_predictor("segment")
     fcn: Any = other.model
@@ -135,6 +164,30 @@ def test_fold_batch_norms_changes_nothing_where_nothing_follows_a_convolution() 
     norm.running_mean.uniform_(-1, 1)
     folded = fold_batch_norms(conv_bn)
     assert torch.allclose(folded(x), conv_bn(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["fcn_resnet50", "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_fold_batch_norms_folds_torchvision_architectures_by_structure(arch: str) -> None:
+    task = "segment" if arch.startswith("fcn") else "detect"
+    model = build_model(task, arch, 4).eval()
+    torch.manual_seed(0)
+    for module in model.modules():  # statistics a trained model would have, not the identity of a new one
+        if isinstance(module, nn.BatchNorm2d | FrozenBatchNorm2d) and module.running_mean is not None:
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    norms = sum(isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d) for m in model.modules())
+    x = torch.rand(1, 3, 96, 128)
+    with torch.inference_mode():
+        reference = model(x)["out"] if task == "segment" else model.backbone(x)
+        folded = fold_batch_norms(copy.deepcopy(model))
+        left = sum(isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d) for m in folded.modules())
+        assert norms > 20
+        assert left == 0
+        if task == "segment":
+            assert torch.allclose(folded(x)["out"], reference, atol=1e-3, rtol=1e-3)
+        else:
+            for name, tensor in folded.backbone(x).items():
+                assert torch.allclose(tensor, reference[name], atol=1e-3, rtol=1e-3), name
 
 
 def _detections(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Detections:
