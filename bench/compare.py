@@ -108,7 +108,18 @@ async def exercise(
             run = loadgen.open_loop(systems.HOST, server.ports, batch, rate, count, seed=args.seed)
             about = {"mode": mode, "rate_factor": factor, "offered_rps": round(rate, 2)}
             points.append(about | await _point(server, run, args))
-    return {"started_s": round(server.started_s, 2), "settings": server.settings, "answer": answer, "points": points}
+    runtime_s = round(server.runtime_s, 2) if server.runtime_s is not None else None
+    return {"started_s": round(server.started_s, 2), "runtime_chosen_s": runtime_s, "settings": server.settings,
+            "runtimes": await _runtimes(server) if runtime_s is not None else None,
+            "answer": answer, "points": points}  # fmt: skip
+
+
+async def _runtimes(server: systems.Server) -> dict[str, Any]:
+    """The runtime each model of the service runs (its /models), as chosen on this machine."""
+    status, body = await loadgen.fetch(systems.HOST, server.port, loadgen.get_request(server.host(), "/models"))
+    if status != 200:
+        return {"status": status}
+    return {m["task"]: m["runtime"] for m in json.loads(body)["models"]}
 
 
 async def _point(server: systems.Server, run: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -204,6 +215,7 @@ def ratios(report: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "service_c8_vs_service_c1": _ratio(c8.get("throughput_rps"), c1.get("throughput_rps")),
         "service_c8_vs_batch1_c1": _ratio(c8.get("throughput_rps"), batch1.get(1, {}).get("throughput_rps")),
         "cold_start_s": {name: s["started_s"] for name, s in systems.items()},
+        "runtime_chosen_s": {name: s.get("runtime_chosen_s") for name, s in systems.items()},
     }
     if "service_fp32" in systems:  # the runtime choice's gain, in the service as it ships
         out["peak_vs_service_fp32"] = _target(_ratio(peak.get("service"), peak.get("service_fp32")), ">=", 1.4)

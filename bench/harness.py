@@ -55,6 +55,8 @@ class Service:
     url: str
     settings: dict[str, str]
     log: Any
+    ready_s: float = 0.0  # from spawning the process to /readyz answering 200
+    runtime_s: float = 0.0  # ... to every model's runtime chosen (PRECISION=auto measures in the background)
 
     @property
     def port(self) -> int:
@@ -90,8 +92,13 @@ def service(model_dir: Path | None, ready_timeout_s: float = 120, **settings: ob
         log = stack.enter_context(tempfile.NamedTemporaryFile("w+b", suffix=".log"))
         process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT)
         served = Service(process, f"http://127.0.0.1:{port}", chosen, log)
+        spawned = time.perf_counter()
         try:
             _wait_ready(served, ready_timeout_s)
+            served.ready_s = time.perf_counter() - spawned
+            # Load starts on the runtime the service will keep, not on fp32 during its measurement.
+            _wait_runtime_chosen(served, ready_timeout_s)
+            served.runtime_s = time.perf_counter() - spawned
             yield served
         finally:
             process.terminate()
@@ -120,6 +127,16 @@ def wait_until_up(
 
 def _wait_ready(served: Service, timeout_s: float = 120) -> None:
     wait_until_up(served.process, f"{served.url}/readyz", "the service", served.output, timeout_s)
+
+
+def _wait_runtime_chosen(served: Service, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{served.url}/models", timeout=5).json()["models"]
+        if all((m.get("runtime") or {}).get("mode") != "pending" for m in models):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the service chose no runtime within {timeout_s:g} s:\n{served.output()[-3000:]}")
 
 
 def images(count: int, seed: int = 0, sizes: tuple[int, int] = (160, 480)) -> list[tuple[bytes, str]]:

@@ -37,6 +37,7 @@ class Server:
     settings: dict[str, str]
     cpu: Callable[[], dict[str, float]]  # CPU seconds so far (cpuuse.py): per role, or the process tree's total
     replica_ports: tuple[int, ...] = ()  # further replicas of the same server, which the clients spread over
+    runtime_s: float | None = None  # densepred: from spawning to every runtime chosen (in the background)
 
     def host(self) -> str:
         return f"{HOST}:{self.port}"
@@ -62,12 +63,11 @@ def densepred(
 ) -> Iterator[Server]:
     """`python -m service` with the default settings (all three models served) but the batching given,
     and any other DENSEPRED_* settings (device, max_batch_pixels...)."""
-    spawned = time.perf_counter()
     with service(model_dir, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, **settings) as served:
-        ready = time.perf_counter() - spawned
         pid = served.process.pid
         port = served.port
-        yield Server(name, port, ready, _service_batches(port, task), served.settings, lambda: cpuuse.service_cpu(pid))
+        yield Server(name, port, served.ready_s, _service_batches(port, task), served.settings,
+                     lambda: cpuuse.service_cpu(pid), runtime_s=served.runtime_s)  # fmt: skip
 
 
 @contextlib.contextmanager

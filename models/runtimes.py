@@ -170,12 +170,16 @@ def choose_runtime(
     accelerations: Sequence[Acceleration] | None = None,
     images: Sequence[Tensor] | None = None,
     timer: Timer = wall_time,
+    batch_size: int = 1,
 ) -> RuntimeChoice:
-    """Measure the candidates on `predictor`'s device. The predictor itself is left as it is (fp32, its
-    padding counters untouched): it may be serving meanwhile, on another thread."""
+    """Measure the candidates on `predictor`'s device: answers on `images`, times on batches of `batch_size`
+    copies of each (which runtime wins depends on the batch: ONNX Runtime gains most on single images,
+    NHWC and bf16 on larger batches). The predictor itself
+    is left as it is (fp32, its padding counters untouched): it may be serving meanwhile, on another thread."""
     started = time.perf_counter()
     predictor = twin(predictor)
     images = list(images if images is not None else sample_images())
+    batches = [image for image in images for _ in range(max(1, batch_size))]  # a batch per image's shape
     queries = [PARITY_QUERY] * len(images)
     reference = predictor.predict(images, queries)  # also its warm-up for these shapes
     reports = [CandidateReport(BASELINE)]
@@ -188,7 +192,7 @@ def choose_runtime(
         if runner is not None:
             runners.append(runner)
     timed = [r for r in reports if r.parity is None or r.parity.ok]
-    _time_rounds(runners, timed, images, timer, started + budget_s, min_rounds)
+    _time_rounds(runners, timed, batches, timer, started + budget_s, min_rounds)
     acceleration, reason = select(reports)
     runner = next((r for r in runners[1:] if r.acceleration == acceleration), None)
     choice = RuntimeChoice(predictor.manifest.task, str(predictor.device), acceleration, "measured", reason, reports,

@@ -45,7 +45,7 @@ def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> Runti
     `measure` false, PRECISION=auto warms fp32 and leaves the choice pending (`measure` makes it later)."""
     task, device = predictor.manifest.task, str(predictor.device)
     if settings.precision == "auto" and isinstance(predictor, Predictor) and measure:
-        choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s)
+        choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
         if choice.runner is not None:
             predictor.adopt(choice.runner)
             choice.runner = None  # the predictor now runs its network
@@ -60,10 +60,16 @@ def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> Runti
     return choice
 
 
+def timing_batch(settings: Settings) -> int:
+    """Candidates are timed on batches like the ones the service runs under load: a full batch
+    (MAX_BATCH_SIZE, at most 8) of mixed-size uploads runs as groups of similar shapes, about half each."""
+    return max(1, min(settings.max_batch_size, 8) // 2)
+
+
 def measure(predictor: Predictor, settings: Settings) -> RuntimeChoice:
     """The measured choice for a serving fp32 predictor, which stays untouched; the winner, if another
     runtime wins, comes as `choice.runner`, warmed up and ready to be switched in."""
-    choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s)
+    choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
     if choice.runner is not None:
         choice.runner.warmup()
     return choice
