@@ -113,7 +113,8 @@ class Reloader:
             return
         loop = asyncio.get_running_loop()
         try:
-            choice = await loop.run_in_executor(self.runtime.reload_executor, measure, served, self.runtime.settings)
+            with self.runtime.reload_worker() as worker:
+                choice = await loop.run_in_executor(worker, measure, served, self.runtime.settings)
         except Exception as exc:  # noqa: BLE001 (fp32 goes on serving; the reason is shown in /models)
             log.exception("%s: measuring the runtimes failed; fp32 serves on", task)
             model.choice = RuntimeChoice(task, str(served.device), served.acceleration, "measured", f"failed: {exc}")
@@ -190,9 +191,10 @@ class Reloader:
         stage, failure = "load", None
         candidate: ServedModel | None = None
         try:
-            candidate = await self.runtime.load_model(task, self.runtime.reload_executor)
-            stage = "warm-up"
-            choice = await self.runtime.warm_model(task, candidate, self.runtime.reload_executor)
+            with self.runtime.reload_worker() as worker:
+                candidate = await self.runtime.load_model(task, worker)
+                stage = "warm-up"
+                choice = await self.runtime.warm_model(task, candidate, worker)
         except Exception as exc:
             failure = f"{stage}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, StoreError):  # the store's own errors say all there is to say

@@ -1,9 +1,10 @@
 """The threads the service computes on, and their OpenMP teams.
 
 On a CPU every model shares `INFERENCE_WORKERS` inference threads, which split the cores between their
-OpenMP teams; on a GPU each model has threads of its own. Reloads load and warm on a thread of their
-own with an inference thread's team size. Threads are named for the OS too, so `top -H` and
-bench/cpuuse.py can tell where the CPU goes.
+OpenMP teams; on a GPU each model has threads of its own. Reloads (and the background runtime
+measurement) load and warm on a thread of their own with an inference thread's team size, one per
+reload, ended afterwards (`Runtime.reload_worker`: an idle thread's team slows every other team).
+Threads are named for the OS too, so `top -H` and bench/cpuuse.py can tell where the CPU goes.
 """
 
 from __future__ import annotations

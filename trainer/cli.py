@@ -60,7 +60,11 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, help="default 0; a seeded CPU run is reproducible")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (default: on for CUDA only)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="mixed precision (default: on for CUDA only; bf16 on a CPU with native bf16 when asked)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--augment", choices=tuple(POLICIES), help="augmentation policy (default: the preset's, strong)")
     p.add_argument("--workers", type=_non_negative, help="data-loading processes (default: as the cores allow)")

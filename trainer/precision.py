@@ -1,6 +1,6 @@
-"""Mixed precision on CUDA: autocast to bfloat16 where the GPU has it, else float16 with loss scaling.
-
-CPU training stays in float32: CPU autocast is slow for convolutions and buys nothing here.
+"""Mixed precision: on CUDA (the default there), autocast to bfloat16 where the GPU has it, else float16
+with loss scaling; on a CPU only when asked (`--amp`) and only where it has native bf16 dot products
+(AVX512-BF16 or AMX: models.acceleration.native_cpu_bf16). Elsewhere CPU autocast is slower than float32.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
+
+from models.acceleration import native_cpu_bf16
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,12 @@ def choose_precision(device: torch.device, amp: bool | None = None) -> Precision
         amp = device.type == "cuda"
     if not amp:
         return Precision(device.type)
+    if device.type == "cpu" and native_cpu_bf16():
+        return Precision(device.type, torch.bfloat16)
     if device.type != "cuda":
-        raise ValueError(f"--amp needs a CUDA device, not {device}; CPU training runs in float32")
+        raise ValueError(
+            f"--amp needs a CUDA device or a CPU with native bf16 (AVX512-BF16, AMX), not {device}; "
+            "training runs in float32"
+        )
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return Precision(device.type, dtype)

@@ -5,6 +5,7 @@ candidate "wins" is fake (which runtime is faster on a shared machine is not the
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,13 @@ def winner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
     if acceleration.backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
 
-    def choose(predictor: Any, budget_s: float = 1.0) -> runtimes.RuntimeChoice:
+    def choose(predictor: Any, budget_s: float = 1.0, batch_size: int = 1) -> runtimes.RuntimeChoice:
         def timer(runner: Any, images: Any) -> float:
             return 0.5 if runner.acceleration == acceleration else 1.0
 
-        return runtimes.choose_runtime(predictor, budget_s=0, accelerations=[acceleration], timer=timer)
+        return runtimes.choose_runtime(
+            predictor, budget_s=0, accelerations=[acceleration], timer=timer, batch_size=batch_size
+        )
 
     monkeypatch.setattr(warming, "choose_runtime", choose)
     return acceleration
@@ -63,8 +66,14 @@ async def test_fp32_serves_until_the_measured_runtime_switches_in(store: Path, w
                 await asyncio.sleep(0.05)
             answers.append((await client.post("/detect", **as_raw(IMAGE))).json())
             described = (await client.get("/models")).json()["models"][0]
+            for _ in range(100):  # the measurement's thread ends with it (its OpenMP team would slow the batches)
+                if not any(t.name.startswith("reload") for t in threading.enumerate()):
+                    break
+                await asyncio.sleep(0.05)
+            reload_threads = [t.name for t in threading.enumerate() if t.name.startswith("reload")]
             metrics = (await client.get("/metrics")).text
 
+    assert reload_threads == []
     assert model.choice.mode == "measured"
     assert model.choice.acceleration == winner
     assert model.predictor is not served_first

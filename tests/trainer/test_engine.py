@@ -87,8 +87,17 @@ def test_amp_is_off_on_cpu_and_refused_there_when_asked_for() -> None:
     with precision.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert choose_precision(torch.device("cpu"), amp=False).dtype is None
-    with pytest.raises(ValueError, match="--amp needs a CUDA device"):
+
+
+def test_amp_on_a_cpu_autocasts_to_bf16_only_with_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: False)
+    with pytest.raises(ValueError, match="--amp needs a CUDA device or a CPU with native bf16"):
         choose_precision(torch.device("cpu"), amp=True)
+    monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: True)
+    precision = choose_precision(torch.device("cpu"), amp=True)
+    assert (precision.dtype, precision.grad_scaler()) == (torch.bfloat16, None)  # bf16 needs no loss scaling
+    with precision.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize(("bf16", "dtype", "scaled"), [(True, torch.bfloat16, False), (False, torch.float16, True)])
