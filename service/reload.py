@@ -20,9 +20,10 @@ out of memory) leaves the old version serving; the task's result says why. Reloa
 `POST` while one runs is a 409; signals and polls that arrive meanwhile, or during start-up, run once
 after it (coalesced into one). Once draining has begun, nothing new starts (503 for `POST`).
 
-The same thread and switch serve start-up's runtime measurement (`measure_runtimes`, with PRECISION=auto
-and RUNTIME_SELECTION=background): fp32 serves from readiness on, and the measured runtime of the same
-version takes over at a batch boundary once chosen.
+The same kind of thread and the same switch serve start-up's runtime measurement (`measure_runtimes`,
+with PRECISION=auto and RUNTIME_SELECTION=background): fp32 serves from readiness on, and the measured
+runtime of the same version takes over at a batch boundary once chosen. A reload's load and warm-up and
+a measurement never run at once (`_computing`): a reload asked for meanwhile waits for it, not a 409.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class Reloader:
         self.runtime = runtime
         self.last: dict[str, TaskReload] = {}  # per task, the last reload that tried a new version
         self._lock = asyncio.Lock()
+        # One background computation at a time, a reload's load and warm-up or a runtime measurement: they
+        # would time each other's work, and share the cores with the batches besides.
+        self._computing = asyncio.Lock()
         self._pending: str | None = None  # a signal's or poll's trigger, waiting for its turn
         self._follow_up: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -99,8 +103,9 @@ class Reloader:
 
     async def measure_runtimes(self) -> None:
         """After start-up with RUNTIME_SELECTION=background: measure each model's runtime on the reload thread
-        while fp32 serves, and switch to the winner at a batch boundary. No lock: a reload meanwhile queues on
-        the same thread, and a model it replaced is not switched (the new version measured its own runtime)."""
+        while fp32 serves, and switch to the winner at a batch boundary. Not under the reload lock: a reload
+        meanwhile waits for the measurement's computation only, and a model it replaced is not switched (the
+        new version measured its own runtime)."""
         for task, model in self.runtime.models.items():
             if self.runtime.draining:
                 return
@@ -113,8 +118,9 @@ class Reloader:
             return
         loop = asyncio.get_running_loop()
         try:
-            with self.runtime.reload_worker() as worker:
-                choice = await loop.run_in_executor(worker, measure, served, self.runtime.settings)
+            async with self._computing:
+                with self.runtime.reload_worker() as worker:
+                    choice = await loop.run_in_executor(worker, measure, served, self.runtime.settings)
         except Exception as exc:  # noqa: BLE001 (fp32 goes on serving; the reason is shown in /models)
             log.exception("%s: measuring the runtimes failed; fp32 serves on", task)
             model.choice = RuntimeChoice(task, str(served.device), served.acceleration, "measured", f"failed: {exc}")
@@ -191,10 +197,11 @@ class Reloader:
         stage, failure = "load", None
         candidate: ServedModel | None = None
         try:
-            with self.runtime.reload_worker() as worker:
-                candidate = await self.runtime.load_model(task, worker)
-                stage = "warm-up"
-                choice = await self.runtime.warm_model(task, candidate, worker)
+            async with self._computing:
+                with self.runtime.reload_worker() as worker:
+                    candidate = await self.runtime.load_model(task, worker)
+                    stage = "warm-up"
+                    choice = await self.runtime.warm_model(task, candidate, worker)
         except Exception as exc:
             failure = f"{stage}: {type(exc).__name__}: {exc}"
             if not isinstance(exc, StoreError):  # the store's own errors say all there is to say

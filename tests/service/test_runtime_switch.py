@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from reload_helpers import copy_store, publish
 from service_helpers import as_raw, blocks_image, encode, lifespan, metric_samples, settings_for
 
 import models.runtimes as runtimes
@@ -91,3 +92,42 @@ async def test_fp32_serves_until_the_measured_runtime_switches_in(store: Path, w
     # The padding counters go on across the switch: every request's forward pass is counted.
     passes = metric_samples(metrics, "densepred_forward_passes")['{task="detect"}']
     assert passes == len(answers) + 1  # + the warm-up pass; the measurement's own passes are not counted
+
+
+async def test_a_reload_during_the_measurement_waits_for_it_then_serves_the_new_version(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = copy_store(store, tmp_path / "store")
+    gate, measuring = threading.Event(), threading.Event()
+    real = runtimes.choose_runtime
+
+    def choose(predictor: Any, budget_s: float = 1.0, batch_size: int = 1) -> runtimes.RuntimeChoice:
+        measuring.set()
+        assert gate.wait(30)  # the background measurement holds until the reload is asked for
+        return real(predictor, budget_s=0, accelerations=[FOLD], batch_size=1)
+
+    monkeypatch.setattr(warming, "choose_runtime", choose)
+    app = create_app(settings_for(own, tasks="detect", precision="auto", runtime_selection="background"))
+    async with lifespan(app) as state:
+
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope | {"state": dict(state)}, receive, send)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state), base_url="http://t",
+                                     timeout=60) as client:  # fmt: skip
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.02)
+            assert await asyncio.to_thread(measuring.wait, 30)
+            new = publish(own, "detect", seed=21)
+            reload = asyncio.create_task(client.post("/models/reload"))
+            await asyncio.sleep(0.5)
+            assert not reload.done()  # waits for the measurement (no 409, no two computations at once)
+            assert (await client.post("/detect", **as_raw(IMAGE))).status_code == 200  # fp32 serves meanwhile
+            gate.set()
+            answer = await reload
+            version = (await client.post("/detect", **as_raw(IMAGE))).json()["model"]["version"]
+            described = (await client.get("/models")).json()["models"][0]
+    assert answer.status_code == 200, answer.text
+    assert version == new
+    assert described["runtime"]["mode"] == "measured"  # the new version measured its own runtime
+    assert described["previous_version"] is not None
