@@ -69,7 +69,10 @@ async def wait_until_ready(client: httpx.AsyncClient, timeout_s: float = 60) -> 
 
 
 def settings_for(store: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"model_dir": store, "device": "cpu", "max_wait_ms": 5.0}
+    # Runtimes measured before ready and applied in place, so the app serves the very predictor objects a
+    # test gave it and compares against (in the background, another predictor object would switch in at
+    # any moment of the test). The background mode: test_runtime_switch.py, and every real process.
+    values: dict[str, Any] = {"model_dir": store, "device": "cpu", "max_wait_ms": 5.0, "runtime_selection": "warm-up"}
     return Settings(**{**values, **overrides})
 
 
