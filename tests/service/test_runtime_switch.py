@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,22 @@ pytestmark = pytest.mark.anyio
 FOLD = Acceleration(fold_bn=True)
 ORT = Acceleration(backend="onnxruntime")
 IMAGE = encode(blocks_image(3))
+
+
+@asynccontextmanager
+async def background_app(store: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """Only Faster R-CNN, PRECISION=auto measured in the background, over ASGI, once /readyz is 200."""
+    app = create_app(settings_for(store, tasks="detect", precision="auto", runtime_selection="background"))
+    async with lifespan(app) as state:
+
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope | {"state": dict(state)}, receive, send)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state), base_url="http://t",
+                                     timeout=60) as client:  # fmt: skip
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.02)
+            yield client, app
 
 
 @pytest.fixture(params=[FOLD, ORT], ids=lambda a: a.name)
@@ -47,32 +65,23 @@ def winner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
 
 
 async def test_fp32_serves_until_the_measured_runtime_switches_in(store: Path, winner: Acceleration) -> None:
-    app = create_app(settings_for(store, tasks="detect", precision="auto", runtime_selection="background"))
-    async with lifespan(app) as state:
-
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            await app(scope | {"state": dict(state)}, receive, send)
-
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state), base_url="http://t",
-                                     timeout=60) as client:  # fmt: skip
-            while (await client.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.02)
-            model = app.state.runtime.models["detect"]
-            served_first = model.predictor
-            answers = [(await client.post("/detect", **as_raw(IMAGE))).json()]
-            for _ in range(600):
-                if model.choice.mode != warming.PENDING:
-                    break
-                answers.append((await client.post("/detect", **as_raw(IMAGE))).json())
-                await asyncio.sleep(0.05)
+    async with background_app(store) as (client, app):
+        model = app.state.runtime.models["detect"]
+        served_first = model.predictor
+        answers = [(await client.post("/detect", **as_raw(IMAGE))).json()]
+        for _ in range(600):
+            if model.choice.mode != warming.PENDING:
+                break
             answers.append((await client.post("/detect", **as_raw(IMAGE))).json())
-            described = (await client.get("/models")).json()["models"][0]
-            for _ in range(100):  # the measurement's thread ends with it (its OpenMP team would slow the batches)
-                if not any(t.name.startswith("reload") for t in threading.enumerate()):
-                    break
-                await asyncio.sleep(0.05)
-            reload_threads = [t.name for t in threading.enumerate() if t.name.startswith("reload")]
-            metrics = (await client.get("/metrics")).text
+            await asyncio.sleep(0.05)
+        answers.append((await client.post("/detect", **as_raw(IMAGE))).json())
+        described = (await client.get("/models")).json()["models"][0]
+        for _ in range(100):  # the measurement's thread ends with it (its OpenMP team would slow the batches)
+            if not any(t.name.startswith("reload") for t in threading.enumerate()):
+                break
+            await asyncio.sleep(0.05)
+        reload_threads = [t.name for t in threading.enumerate() if t.name.startswith("reload")]
+        metrics = (await client.get("/metrics")).text
 
     assert reload_threads == []
     assert model.choice.mode == "measured"
@@ -107,26 +116,17 @@ async def test_a_reload_during_the_measurement_waits_for_it_then_serves_the_new_
         return real(predictor, budget_s=0, accelerations=[FOLD], batch_size=1)
 
     monkeypatch.setattr(warming, "choose_runtime", choose)
-    app = create_app(settings_for(own, tasks="detect", precision="auto", runtime_selection="background"))
-    async with lifespan(app) as state:
-
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            await app(scope | {"state": dict(state)}, receive, send)
-
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state), base_url="http://t",
-                                     timeout=60) as client:  # fmt: skip
-            while (await client.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.02)
-            assert await asyncio.to_thread(measuring.wait, 30)
-            new = publish(own, "detect", seed=21)
-            reload = asyncio.create_task(client.post("/models/reload"))
-            await asyncio.sleep(0.5)
-            assert not reload.done()  # waits for the measurement (no 409, no two computations at once)
-            assert (await client.post("/detect", **as_raw(IMAGE))).status_code == 200  # fp32 serves meanwhile
-            gate.set()
-            answer = await reload
-            version = (await client.post("/detect", **as_raw(IMAGE))).json()["model"]["version"]
-            described = (await client.get("/models")).json()["models"][0]
+    async with background_app(own) as (client, app):
+        assert await asyncio.to_thread(measuring.wait, 30)
+        new = publish(own, "detect", seed=21)
+        reload = asyncio.create_task(client.post("/models/reload"))
+        await asyncio.sleep(0.5)
+        assert not reload.done()  # waits for the measurement (no 409, no two computations at once)
+        assert (await client.post("/detect", **as_raw(IMAGE))).status_code == 200  # fp32 serves meanwhile
+        gate.set()
+        answer = await reload
+        version = (await client.post("/detect", **as_raw(IMAGE))).json()["model"]["version"]
+        described = (await client.get("/models")).json()["models"][0]
     assert answer.status_code == 200, answer.text
     assert version == new
     assert described["runtime"]["mode"] == "measured"  # the new version measured its own runtime
