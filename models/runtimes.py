@@ -174,8 +174,8 @@ def choose_runtime(
 ) -> RuntimeChoice:
     """Measure the candidates on `predictor`'s device: answers on `images`, times on batches of `batch_size`
     copies of each (which runtime wins depends on the batch: ONNX Runtime gains most on single images,
-    NHWC and bf16 on larger batches). The predictor itself
-    is left as it is (fp32, its padding counters untouched): it may be serving meanwhile, on another thread."""
+    NHWC and bf16 on larger batches). The predictor itself is left as it is (fp32, its padding counters
+    untouched): it may be serving meanwhile, on another thread."""
     started = time.perf_counter()
     predictor = twin(predictor)
     images = list(images if images is not None else sample_images())

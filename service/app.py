@@ -38,10 +38,10 @@ class State(TypedDict):
 
 
 async def start_up(runtime: Runtime, reloader: Reloader) -> None:
-    """Warm every model (readiness), then measure runtimes in the background if asked, then compile if asked."""
+    """Warm every model (readiness), then measure the runtimes left pending (RUNTIME_SELECTION=background),
+    then compile if asked."""
     await runtime.warm_up()
-    if runtime.settings.precision == "auto" and runtime.settings.runtime_selection == "background":
-        await reloader.measure_runtimes()
+    await reloader.measure_runtimes()
     runtime.start_compiling()
 
 

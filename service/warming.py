@@ -44,13 +44,14 @@ def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> Runti
     """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass. With
     `measure` false, PRECISION=auto warms fp32 and leaves the choice pending (`measure` makes it later)."""
     task, device = predictor.manifest.task, str(predictor.device)
-    if settings.precision == "auto" and isinstance(predictor, Predictor) and measure:
-        choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
-        if choice.runner is not None:
-            predictor.adopt(choice.runner)
-            choice.runner = None  # the predictor now runs its network
-    elif settings.precision == "auto" and isinstance(predictor, Predictor):
-        choice = RuntimeChoice(task, device, Acceleration(), PENDING, "fp32 serves while the runtimes are measured")
+    if settings.precision == "auto" and isinstance(predictor, Predictor):
+        if measure:
+            choice = _choose(predictor, settings)
+            if choice.runner is not None:
+                predictor.adopt(choice.runner)
+                choice.runner = None  # the predictor now runs its network
+        else:
+            choice = RuntimeChoice(task, device, Acceleration(), PENDING, "fp32 serves while the runtimes are measured")
     else:
         # A fixed PRECISION (applied when loading), or a predictor that is not ours to measure (a test double).
         acceleration = getattr(predictor, "acceleration", Acceleration())
@@ -69,10 +70,14 @@ def timing_batch(settings: Settings) -> int:
 def measure(predictor: Predictor, settings: Settings) -> RuntimeChoice:
     """The measured choice for a serving fp32 predictor, which stays untouched; the winner, if another
     runtime wins, comes as `choice.runner`, warmed up and ready to be switched in."""
-    choice = choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
+    choice = _choose(predictor, settings)
     if choice.runner is not None:
         choice.runner.warmup()
     return choice
+
+
+def _choose(predictor: Predictor, settings: Settings) -> RuntimeChoice:
+    return choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
 
 
 def compile_in_background(
