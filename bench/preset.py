@@ -117,6 +117,10 @@ def headline(report: dict[str, Any]) -> dict[str, dict[str, float]]:
             "mask_mAP50": scores["instances"]["segm"]["mAP50"], "mask_mAP": scores["instances"]["segm"]["mAP"],
             "mIoU": scores["segment"]["mIoU"],
         }  # fmt: skip
+        agnostic = scores["detect"].get("agnostic")  # trainer eval's class-agnostic figures (not through HTTP)
+        if agnostic:
+            table[name] |= {"box_mAP50_agnostic": agnostic["bbox"]["mAP50"],
+                            "mask_mAP50_agnostic": scores["instances"]["agnostic"]["segm"]["mAP50"]}  # fmt: skip
     return table
 
 

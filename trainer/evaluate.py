@@ -34,7 +34,7 @@ def evaluate(
     if not isinstance(dataset, CocoDataset):  # COCOeval scores against the dataset's own COCO annotations
         raise ValueError(f"{predictor.task} evaluation needs a COCO-format dataset")
     records = predict_records(predictor, dataset, indices, batch_size)
-    result = coco_metrics(dataset, records, [dataset.image_ids[i] for i in indices], predictor.task)
+    result = coco_metrics(dataset, records, [dataset.image_ids[i] for i in indices], predictor.task, agnostic=True)
     for name, members in groups.items():
         ids = [dataset.image_ids[i] for i in members]
         result.setdefault(f"by_{by}", {})[name] = coco_metrics(dataset, records, ids, predictor.task)
@@ -91,15 +91,21 @@ def predict_records(
 
 
 def coco_metrics(
-    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], task: str
+    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], task: str, agnostic: bool = False
 ) -> dict[str, Any]:
-    """COCOeval's bbox (and, for instances, segm) figures of `records` on these images of the dataset."""
+    """COCOeval's bbox (and, for instances, segm) figures of `records` on these images of the dataset; with
+    `agnostic`, also class-agnostic ones (COCOeval's useCats=0) under "agnostic": what finding the objects
+    scores whatever the label, so that a gap between the two is the classifier's."""
     iou_types = ["bbox", "segm"] if task == "instances" else ["bbox"]
-    return {iou: _coco_stats(dataset, records, image_ids, iou) for iou in iou_types} | {"images": len(image_ids)}
+    result: dict[str, Any] = {iou: _coco_stats(dataset, records, image_ids, iou) for iou in iou_types}
+    result["images"] = len(image_ids)
+    if agnostic:
+        result["agnostic"] = {iou: _coco_stats(dataset, records, image_ids, iou, use_cats=False) for iou in iou_types}
+    return result
 
 
 def _coco_stats(
-    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], iou: str
+    dataset: CocoDataset, records: list[dict[str, Any]], image_ids: list[int], iou: str, use_cats: bool = True
 ) -> dict[str, float]:
     if iou == "segm":
         # Without a bbox, loadRes takes each result's area from its mask (with one, from the box: a thin
@@ -111,6 +117,7 @@ def _coco_stats(
         coco_dt = dataset.coco.loadRes(copy.deepcopy(records))
         evaluator = COCOeval(dataset.coco, coco_dt, iou)
         evaluator.params.imgIds = image_ids
+        evaluator.params.useCats = int(use_cats)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -57,6 +57,16 @@ def test_ground_truth_fed_back_scores_one(tmp_path: Path) -> None:
         assert metrics[iou]["mAP50"] == pytest.approx(1.0)
 
 
+def test_every_label_wrong_scores_zero_yet_one_class_agnostic(tmp_path: Path) -> None:
+    dataset = _dataset(tmp_path, [(1, _rect(5, 5, 30, 30)), (2, _rect(10, 70, 40, 40))])
+    swapped = [{**r, "category_id": 3 - r["category_id"]} for r in _truth_as_results(dataset)]
+    metrics = coco_metrics(dataset, swapped, [1], "instances", agnostic=True)
+    for iou in ("bbox", "segm"):
+        assert metrics[iou]["mAP50"] == pytest.approx(0.0)
+        assert metrics["agnostic"][iou]["mAP50"] == pytest.approx(1.0)
+    assert "agnostic" not in coco_metrics(dataset, swapped, [1], "instances")
+
+
 def test_one_box_shifted_off_its_object_costs_its_share_of_recall(tmp_path: Path) -> None:
     """Four circles; the lowest-scoring answer is moved off its object (IoU 0). Precision stays 1 up to
     recall 3/4 and recall never reaches 1: COCO's 101-point AP is 76/101 at every IoU threshold."""
