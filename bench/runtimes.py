@@ -4,7 +4,7 @@
 
 Batches of 8 of the bench's mixed-size pictures (harness.images), decoded as the service decodes them,
 through `Predictor.predict` (pre- and post-processing included, as bench/raw.py measures). The runtimes
-run in paired, interleaved rounds (each round every runtime once over the same batches, the order rotating),
+run in paired, interleaved rounds (each round every runtime once over the same batches, the order shuffled),
 so that on a shared machine the ratios hold even where the absolute times do not.
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one fp32 batch (convolutions and matrix products).
@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -102,9 +103,8 @@ def time_rounds(runners: dict[str, models.Predictor], batches: list[list[torch.T
     for name in names:  # warm-up: every shape once
         for batch in batches:
             runners[name].predict(batch)
-    for r in range(rounds):
-        for k in range(len(names)):
-            name = names[(r + k) % len(names)]
+    for r in range(rounds):  # shuffled: a rotation would run each runtime right after the same other one
+        for name in random.Random(r).sample(names, len(names)):
             started = time.perf_counter()
             for batch in batches:
                 runners[name].predict(batch)
@@ -161,9 +161,9 @@ def run_task(
     base = models.load_predictor(store, task, device)
     batches = [tensors[i : i + BATCH] for i in range(0, len(tensors), BATCH)]
     started = time.perf_counter()
-    choice = choose_runtime(base, budget_s=3.0, batch_size=4)  # as the service chooses (its defaults)
+    choice = choose_runtime(base, budget_s=10.0, batch_size=4)  # as the service chooses (its defaults)
     choose_s = time.perf_counter() - started
-    runners = {"fp32": base} | {a.name: variant(base, a) for a in candidates(base.device)[1:]}
+    runners = {"fp32": base} | {a.name: variant(base, a) for a in candidates(base.device, base.autocast_scopes)[1:]}
     timing = time_rounds(runners, batches, rounds)
     gflop = gflop_per_image(base, batches)
     for _name, figures in timing.items():

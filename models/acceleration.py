@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16"]
 Backend = Literal["torch", "onnxruntime"]
+# What autocasts: the whole forward pass, or an R-CNN's backbone and FPN only (its RPN and RoI heads stay
+# fp32: in bf16 their box deltas round by pixels, and bf16 Mask R-CNN boxes fail the parity check).
+AutocastScope = Literal["model", "backbone"]
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _BATCH_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -41,10 +44,17 @@ class Acceleration:
     fold_bn: bool = False  # batch norm folded into the convolution before it (inference only)
     # "onnxruntime": the convolutional part runs in ONNX Runtime on the CPU (models/onnx_backend.py).
     backend: Backend = "torch"
+    autocast_scope: AutocastScope = "model"  # "backbone": R-CNN predictors only (DetectionPredictor)
+
+    @property
+    def precision_label(self) -> str:
+        """The precision as logs, /models and metrics show it: "bf16", or "bf16-backbone" for a partial one."""
+        partial = self.precision != "fp32" and self.autocast_scope != "model"
+        return f"{self.precision}-{self.autocast_scope}" if partial else self.precision
 
     @property
     def name(self) -> str:
-        parts = [self.precision] + ["channels_last"] * self.channels_last + ["fold_bn"] * self.fold_bn
+        parts = [self.precision_label] + ["channels_last"] * self.channels_last + ["fold_bn"] * self.fold_bn
         return "+".join(parts + ([self.backend] if self.backend != "torch" else []))
 
 
@@ -140,4 +150,12 @@ _NAMED_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
 }
 
 
-__all__ = ["Acceleration", "Precision", "autocast_dtype", "fold_batch_norms", "precisions", "prepare_model"]
+__all__ = [
+    "Acceleration",
+    "AutocastScope",
+    "Precision",
+    "autocast_dtype",
+    "fold_batch_norms",
+    "precisions",
+    "prepare_model",
+]

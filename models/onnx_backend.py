@@ -16,6 +16,7 @@ import copy
 import functools
 import importlib.util
 import io
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -48,8 +49,6 @@ class OrtModule(nn.Module):
 
     def __init__(self, module: nn.Module, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
         self.torch_module = module.eval()
         example = torch.zeros(_EXAMPLE)
         with torch.inference_mode():
@@ -65,18 +64,30 @@ class OrtModule(nn.Module):
             warnings.simplefilter("ignore", DeprecationWarning)
             export(module, (example,), buffer, input_names=["input"], output_names=outputs, dynamic_axes=dynamic,
                    opset_version=17, dynamo=False)  # fmt: skip
-        options = ort.SessionOptions()
-        # One team's worth of threads, as the torch thread that runs it has (service/threads.py).
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        # No spinning once a run ends: torch's own OpenMP team computes next (the R-CNN heads, the
-        # post-processing), and ORT threads spinning on the same cores would slow it several-fold.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self._onnx, self._threads = buffer.getvalue(), threads
+        self._session: Any = None
+        self._session_lock = threading.Lock()
+
+    def session(self) -> Any:
+        """The session, made on first use by the thread that runs it: its intra-op threads are that thread's
+        OpenMP team size (service/threads.py), wherever the export happened (the runtime measurement
+        prepares candidates on a thread of one)."""
+        with self._session_lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self._threads or torch.get_num_threads()
+                options.inter_op_num_threads = 1
+                # No spinning once a run ends: torch's own OpenMP team computes next (the R-CNN heads, the
+                # post-processing), and ORT threads spinning on the same cores would slow it several-fold.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                self._session = ort.InferenceSession(self._onnx, options, providers=["CPUExecutionProvider"])
+            return self._session
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         array = x.detach().float().contiguous().cpu().numpy()
-        got = [torch.from_numpy(out) for out in self._session.run(None, {"input": array})]
+        got = [torch.from_numpy(out) for out in self.session().run(None, {"input": array})]
         if self._keys is None:
             return got[0]
         return dict(zip(self._keys, got, strict=True))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import resize_boxes
 
-from models.acceleration import Acceleration, autocast_dtype, prepare_model
+from models.acceleration import Acceleration, AutocastScope, autocast_dtype, prepare_model
 from models.labelmaps import label_map
 from models.masks import InstanceMasks
 from models.registry import MAX_DETECTIONS, build_model
@@ -80,6 +80,8 @@ def check_image(image: Tensor) -> None:
 
 class Predictor(ABC):
     task: ClassVar[str]
+    # What this predictor can autocast on its own (Acceleration.autocast_scope): the whole forward pass.
+    autocast_scopes: ClassVar[tuple[AutocastScope, ...]] = ("model",)
     size_divisor: int = 32  # the backbone's stride: batches are padded to multiples of it
 
     def __init__(
@@ -102,6 +104,8 @@ class Predictor(ABC):
     def accelerate(self, acceleration: Acceleration) -> None:
         """Run as `acceleration` says from the next forward pass on (models/runtimes.py chooses one).
         Folding batch norm cannot be undone: once folded, the model stays folded."""
+        if acceleration.autocast_scope not in self.autocast_scopes:
+            raise ValueError(f"a {self.task} predictor cannot autocast its {acceleration.autocast_scope} alone")
         self.acceleration = acceleration
         self.channels_last = acceleration.channels_last
         self.autocast_dtype = autocast_dtype(self.device, acceleration)
@@ -135,7 +139,7 @@ class Predictor(ABC):
         results: dict[int, Result] = {}
         for group in group_by_shape(shapes, self.size_divisor, self.max_padding_waste):
             self.padding.add([shapes[i] for i in group], self.size_divisor)
-            with self._autocast():
+            with self._autocast("model"):
                 outputs = self._predict([images[i] for i in group], [queries[i] for i in group],
                                         [frames[i] for i in group])  # fmt: skip
             results.update(zip(group, outputs, strict=True))
@@ -152,8 +156,9 @@ class Predictor(ABC):
     @abstractmethod
     def _predict(self, images: Sequence[Tensor], queries: Sequence[Query], frames: Sequence[Frame]) -> list[Result]: ...
 
-    def _autocast(self) -> AbstractContextManager[object]:
-        if self.autocast_dtype is None:
+    def _autocast(self, scope: AutocastScope) -> AbstractContextManager[object]:
+        """Autocast for the part `scope` names, if that is the part this runtime autocasts."""
+        if self.autocast_dtype is None or scope != self.acceleration.autocast_scope:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
@@ -168,6 +173,7 @@ class DetectionPredictor(Predictor):
     """Faster R-CNN (and Mask R-CNN's boxes): torchvision resizes and normalises inside the model."""
 
     task = "detect"
+    autocast_scopes = ("model", "backbone")
 
     def input_shape(self, height: int, width: int) -> Shape:
         # torchvision's GeneralizedRCNNTransform: shorter side to min_size unless the longer passes max_size.
@@ -195,9 +201,12 @@ class DetectionPredictor(Predictor):
         batch, _ = model.transform(images)
         if self.channels_last:
             batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
-        features = model.backbone(batch.tensors)
+        with self._autocast("backbone"):
+            features = model.backbone(batch.tensors)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
+        if self.acceleration.autocast_scope == "backbone":
+            features = OrderedDict((name, feature.float()) for name, feature in features.items())
         proposals, _ = model.rpn(batch, features)
         outputs, _ = self._roi_heads(queries)(features, proposals, batch.image_sizes)
         for output, resized, frame in zip(outputs, batch.image_sizes, frames, strict=True):

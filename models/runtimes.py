@@ -6,9 +6,10 @@ batch norm folded or not. Each is built from a copy of the fp32 model and
 1. predicts the sample images (`sample_images`, coloured shapes at the model's usual input sizes); a
    candidate whose answers differ from fp32's beyond models/parity.py's tolerances is dropped;
 2. is timed against fp32 in paired, interleaved rounds (each round runs every runtime once on the same
-   images, in a rotating order, so that a load change on a shared machine hits all of them alike), for
-   at least `min_rounds` rounds and as many more as `budget_s` allows;
-3. `select` keeps the fastest by its median paired ratio to fp32, only if at least `MIN_SPEEDUP` faster.
+   images, in a shuffled order, so that a load change on a shared machine hits all of them alike), for
+   `min_rounds` rounds; then the `FINALISTS` fastest of them are timed on, as many rounds as `budget_s`
+   allows (an R-CNN on a CPU with native bf16 has 13 candidates; each round of all 13 costs seconds);
+3. `select` keeps the fastest finalist by its median paired ratio to fp32, only if `MIN_SPEEDUP` faster.
 
 The outcome, with every candidate's figures, is a `RuntimeChoice` (logged and shown by the service); it
 carries the winner's predictor, already prepared (an ONNX export or a fold is not done twice).
@@ -19,18 +20,18 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from models import onnx_backend
-from models.acceleration import Acceleration, precisions
+from models.acceleration import Acceleration, AutocastScope, precisions
 from models.parity import PARITY_QUERY, Parity, compare
 from models.predictors import Predictor, Result, make_predictor
 from models.shape_groups import PaddingStats
@@ -38,11 +39,23 @@ from models.shape_groups import PaddingStats
 log = logging.getLogger(__name__)
 
 MIN_SPEEDUP = 1.05  # below this a "win" is within the noise of a shared machine: fp32 stays
+FINALISTS = 3  # candidates timed on after the first rounds (models/runtimes.py:_time_rounds)
 BASELINE = Acceleration()
 # (height, width) of the sample images: a landscape and a portrait picture, as uploads come.
 SAMPLE_SIZES = ((240, 320), (320, 240))
 
 Timer = Callable[[Predictor, Sequence[Tensor]], float]  # seconds for one predict() of the images
+_T = TypeVar("_T")
+
+
+class Place(Protocol):
+    """Where a measurement's forward passes run: `place(work)` runs `work` there and returns its result."""
+
+    def __call__(self, work: Callable[[], _T]) -> _T: ...
+
+
+def here(work: Callable[[], _T]) -> _T:
+    return work()
 
 
 @dataclass
@@ -51,6 +64,7 @@ class CandidateReport:
     parity: Parity | None = None  # None for fp32 itself
     ratios: list[float] = field(default_factory=list)  # per round: candidate time / fp32 time
     ms: list[float] = field(default_factory=list)  # per round, for all sample images
+    finalist: bool = True  # False: dropped after the first rounds as slower than the finalists
 
     @property
     def speedup(self) -> float | None:
@@ -60,7 +74,8 @@ class CandidateReport:
         speedup = self.speedup
         return {"runtime": self.acceleration.name, "parity": self.parity.to_json() if self.parity else None,
                 "ms": round(statistics.median(self.ms), 2) if self.ms else None,
-                "speedup": round(speedup, 3) if speedup else None}  # fmt: skip
+                "speedup": round(speedup, 3) if speedup else None, "rounds": len(self.ratios),
+                "finalist": self.finalist}  # fmt: skip
 
 
 @dataclass
@@ -81,7 +96,7 @@ class RuntimeChoice:
 
     @property
     def precision(self) -> str:
-        return self.acceleration.precision
+        return self.acceleration.precision_label
 
     @property
     def backend(self) -> str:
@@ -98,11 +113,14 @@ class RuntimeChoice:
                 "compile": self.compile_note or None, "candidates": [c.to_json() for c in self.candidates]}  # fmt: skip
 
 
-def candidates(device: torch.device) -> list[Acceleration]:
-    """Every runtime worth trying on `device`, fp32 (NCHW, unfolded) first; on a CPU with ONNX Runtime
-    installed, fp32 in ONNX Runtime too (it does its own layout choice and batch-norm fusion)."""
-    combos = itertools.product(precisions(device), (False, True), (False, True))
-    found = [Acceleration(p, channels_last, fold) for p, channels_last, fold in combos]
+def candidates(device: torch.device, autocast_scopes: Sequence[AutocastScope] = ("model",)) -> list[Acceleration]:
+    """Every runtime worth trying on `device`, fp32 (NCHW, unfolded) first; a reduced precision once per
+    scope the predictor can autocast (`Predictor.autocast_scopes`); on a CPU with ONNX Runtime installed,
+    fp32 in ONNX Runtime too (it does its own layout choice and batch-norm fusion)."""
+    found = []
+    for precision, channels_last, fold in itertools.product(precisions(device), (False, True), (False, True)):
+        scopes = autocast_scopes if precision != "fp32" else ("model",)
+        found += [Acceleration(precision, channels_last, fold, autocast_scope=scope) for scope in scopes]
     if device.type == "cpu" and onnx_backend.available():
         found.append(Acceleration(backend="onnxruntime"))
     return found
@@ -153,7 +171,7 @@ def wall_time(predictor: Predictor, images: Sequence[Tensor]) -> float:
 def select(reports: Sequence[CandidateReport], min_speedup: float = MIN_SPEEDUP) -> tuple[Acceleration, str]:
     """The fastest candidate that answers as fp32 does and beats it by `min_speedup`; else fp32. Pure logic."""
     eligible = [r for r in reports if r.acceleration != BASELINE and r.parity is not None and r.parity.ok
-                and r.speedup is not None]  # fmt: skip
+                and r.speedup is not None and r.finalist]  # fmt: skip
     if not eligible:
         return BASELINE, "no other runtime answers as fp32 does" if len(reports) > 1 else "fp32 is the only runtime"
     best = max(eligible, key=lambda r: r.speedup or 0.0)
@@ -171,28 +189,34 @@ def choose_runtime(
     images: Sequence[Tensor] | None = None,
     timer: Timer = wall_time,
     batch_size: int = 1,
+    place: Place = here,
 ) -> RuntimeChoice:
     """Measure the candidates on `predictor`'s device: answers on `images`, times on batches of `batch_size`
     copies of each (which runtime wins depends on the batch: ONNX Runtime gains most on single images,
     NHWC and bf16 on larger batches). The predictor itself is left as it is (fp32, its padding counters
-    untouched): it may be serving meanwhile, on another thread."""
+    untouched): it may be serving meanwhile, on another thread. Every forward pass runs through `place`
+    (the service: on its inference thread, between batches, so that the timings see what batches see;
+    candidates are prepared where this function runs)."""
     started = time.perf_counter()
     predictor = twin(predictor)
     images = list(images if images is not None else sample_images())
     batches = [image for image in images for _ in range(max(1, batch_size))]  # a batch per image's shape
     queries = [PARITY_QUERY] * len(images)
-    reference = predictor.predict(images, queries)  # also its warm-up for these shapes
+    reference = place(lambda: predictor.predict(images, queries))  # also its warm-up for these shapes
     reports = [CandidateReport(BASELINE)]
     runners: list[Predictor] = [predictor]
-    for acceleration in accelerations if accelerations is not None else candidates(predictor.device):
+    if accelerations is None:
+        accelerations = candidates(predictor.device, predictor.autocast_scopes)
+    for acceleration in accelerations:
         if acceleration == BASELINE:
             continue
-        report, runner = _try(predictor, acceleration, images, reference)
+        report, runner = _try(predictor, acceleration, images, reference, place)
         reports.append(report)
         if runner is not None:
             runners.append(runner)
     timed = [r for r in reports if r.parity is None or r.parity.ok]
-    _time_rounds(runners, timed, batches, timer, started + budget_s, min_rounds)
+    placed: Timer = lambda runner, batch: place(lambda: timer(runner, batch))  # noqa: E731
+    _time_rounds(runners, timed, batches, placed, started + budget_s, min_rounds)
     acceleration, reason = select(reports)
     runner = next((r for r in runners[1:] if r.acceleration == acceleration), None)
     choice = RuntimeChoice(predictor.manifest.task, str(predictor.device), acceleration, "measured", reason, reports,
@@ -212,11 +236,11 @@ def twin(predictor: Predictor, model: nn.Module | None = None) -> Predictor:
 
 
 def _try(
-    predictor: Predictor, acceleration: Acceleration, images: list[Tensor], reference: list[Result]
+    predictor: Predictor, acceleration: Acceleration, images: list[Tensor], reference: list[Result], place: Place
 ) -> tuple[CandidateReport, Predictor | None]:
     try:
         runner = variant(predictor, acceleration)
-        parity = compare(reference, runner.predict(images, [PARITY_QUERY] * len(images)))
+        parity = compare(reference, place(lambda: runner.predict(images, [PARITY_QUERY] * len(images))))
     except Exception as exc:  # noqa: BLE001 (a runtime this torch build cannot run is no candidate, not a crash)
         log.warning("%s: runtime %s fails: %s", predictor.manifest.task, acceleration.name, exc)
         return CandidateReport(acceleration, Parity(problems=[f"fails: {exc}"])), None
@@ -227,16 +251,24 @@ def _time_rounds(
     runners: list[Predictor], reports: list[CandidateReport], images: list[Tensor], timer: Timer,
     deadline: float, min_rounds: int,
 ) -> None:  # fmt: skip
-    """Paired rounds: every runner once per round on the same images, the order rotating each round."""
+    """Paired rounds after one untimed round: every runner once per round on the same images, in an order
+    shuffled each round (a rotation would always run the same runner after the same one). After
+    `min_rounds`, only fp32 and the `FINALISTS` fastest so far go on: the budget buys rounds where the
+    choice is close rather than more rounds of candidates already behind."""
     if len(runners) < 2:
         return
+    for runner in runners:  # untimed: a batch of a new size makes oneDNN build its kernels first
+        timer(runner, images)
+    active = list(range(len(runners)))
     for round_index in itertools.count():
         if round_index >= min_rounds and time.perf_counter() >= deadline:
             break
-        order = [(round_index + k) % len(runners) for k in range(len(runners))]
-        seconds = [math.nan] * len(runners)
-        for k in order:
-            seconds[k] = timer(runners[k], images)
-        for report, value in zip(reports, seconds, strict=True):
-            report.ms.append(1000 * value)
-            report.ratios.append(value / seconds[0])
+        if round_index == min_rounds:
+            by_speed = sorted(active[1:], key=lambda k: statistics.median(reports[k].ratios))
+            for k in by_speed[FINALISTS:]:
+                reports[k].finalist = False
+            active = [0, *by_speed[:FINALISTS]]
+        seconds = {k: timer(runners[k], images) for k in random.Random(round_index).sample(active, len(active))}
+        for k in active:
+            reports[k].ms.append(1000 * seconds[k])
+            reports[k].ratios.append(seconds[k] / seconds[0])

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         ),
     )
     runtime_budget_s: float = Field(
-        default=3.0,
+        default=10.0,
         ge=0,
         le=60,
         description=(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +26,8 @@ from tests.conftest import tiny_predictor
 CPU = torch.device("cpu")
 FOLD = Acceleration(fold_bn=True)
 NHWC = Acceleration(channels_last=True)
+BF16 = Acceleration("bf16")
+BF16_BACKBONE = Acceleration("bf16", autocast_scope="backbone")
 
 
 def _report(acceleration: Acceleration, ratio: float, ok: bool = True) -> CandidateReport:
@@ -71,6 +75,43 @@ def test_bf16_is_a_cpu_candidate_only_with_native_support(monkeypatch: pytest.Mo
     assert precisions(CPU) == ["fp32", "bf16"]
     assert len([a for a in runtimes.candidates(CPU) if a.backend == "torch"]) == 8
     assert runtimes.candidates(CPU)[0] == BASELINE
+    # An R-CNN also tries bf16 on its backbone alone: 4 fp32 + 4 bf16 + 4 bf16-backbone runtimes.
+    rcnn = [a for a in runtimes.candidates(CPU, ("model", "backbone")) if a.backend == "torch"]
+    assert len(rcnn) == 12
+    assert {a.precision_label for a in rcnn} == {"fp32", "bf16", "bf16-backbone"}
+
+
+def test_only_the_finalists_are_timed_past_the_first_rounds() -> None:
+    speed = {BASELINE: 1.0, FOLD: 0.9, NHWC: 0.5, BF16: 0.6, BF16_BACKBONE: 0.7, Acceleration("fp32", True, True): 1.2}
+    reports = [CandidateReport(acceleration, None if acceleration == BASELINE else Parity()) for acceleration in speed]
+    runners: Any = [SimpleNamespace(acceleration=acceleration) for acceleration in speed]
+    runtimes._time_rounds(runners, reports, [], lambda runner, images: speed[runner.acceleration],
+                          deadline=time.perf_counter() + 0.01, min_rounds=2)  # fmt: skip
+    assert [r.acceleration for r in reports if r.finalist] == [BASELINE, NHWC, BF16, BF16_BACKBONE]
+    assert [len(r.ratios) for r in reports if not r.finalist] == [2, 2]  # dropped after min_rounds
+    assert all(len(r.ratios) > 2 for r in reports if r.finalist)
+    assert select(reports)[0] == NHWC
+    # A candidate dropped early is never chosen, whatever its first rounds said.
+    reports[1].ratios, reports[1].parity = [0.1, 0.1], Parity()
+    assert select(reports)[0] == NHWC
+
+
+def test_bf16_backbone_autocasts_the_backbone_and_keeps_the_heads_fp32() -> None:
+    predictor = tiny_predictor("instances")
+    model: Any = predictor.model
+    seen: dict[str, torch.dtype] = {}
+    model.backbone.register_forward_hook(lambda m, i, out: seen.update(backbone=next(iter(out.values())).dtype))
+    model.rpn.head.register_forward_hook(lambda m, i, out: seen.update(rpn=out[0][0].dtype))
+    model.roi_heads.box_predictor.register_forward_hook(lambda m, i, out: seen.update(boxes=out[1].dtype))
+    predictor.accelerate(BF16_BACKBONE)
+    predictor.predict(sample_images())
+    assert seen == {"backbone": torch.bfloat16, "rpn": torch.float32, "boxes": torch.float32}
+    assert predictor.acceleration.name == "bf16-backbone"
+    predictor.accelerate(BF16)  # the whole forward pass, heads included
+    predictor.predict(sample_images())
+    assert seen == {"backbone": torch.bfloat16, "rpn": torch.bfloat16, "boxes": torch.bfloat16}
+    with pytest.raises(ValueError, match="backbone alone"):  # an FCN is all backbone: no such runtime
+        tiny_predictor("segment").accelerate(BF16_BACKBONE)
 
 
 @pytest.mark.parametrize("task", ["segment", "detect"])
