@@ -7,10 +7,10 @@ version than the one served:
 1. load it beside the running model through `Runtime.load_model`, start-up's own path (the loader
    verifies the sha256 and that the weights fit the manifest's architecture), on the reload thread,
    while the running model goes on serving;
-2. warm it through `Runtime.warm_model`, start-up's warm-up, on that thread, whose OpenMP team is the
-   size of an inference thread's (a warm-up that measures or compiles sees what a batch will see; on a
-   CPU it shares the cores with the batches meanwhile, which slow down for that time, rather than wait:
-   a long warm-up on the inference thread would stall every request behind it);
+2. warm it through `Runtime.warm_model`, start-up's warm-up: prepared on that thread, whose OpenMP team
+   is one thread (service/threads.py), with each forward pass (a runtime measurement's timings, the
+   warm-up pass) run on the inference thread between batches, so that the timings see what a batch
+   will see and no request waits behind more than one such pass;
 3. switch at a batch boundary (`Batcher.swap`): batches running finish on the old model, queued and new
    requests run on the new one, and every answer names the version that computed it;
 4. once the old model's batches are done, drop it and give its memory back.
@@ -121,7 +121,8 @@ class Reloader:
         try:
             async with self._computing:
                 with self.runtime.reload_worker() as worker:
-                    choice = await loop.run_in_executor(worker, measure, served, self.runtime.settings)
+                    place = self.runtime.on_inference(task)
+                    choice = await loop.run_in_executor(worker, measure, served, self.runtime.settings, place)
         except Exception as exc:  # noqa: BLE001 (fp32 goes on serving; the reason is shown in /models)
             log.exception("%s: measuring the runtimes failed; fp32 serves on", task)
             model.choice = RuntimeChoice(task, str(served.device), served.acceleration, "measured", f"failed: {exc}")

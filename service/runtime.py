@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import torch
 
 from models import Acceleration, Manifest, Query, Result, SemanticMap, load_predictor
 from models.devices import resolve_device
-from models.runtimes import RuntimeChoice
+from models.runtimes import Place, RuntimeChoice, here
 from service import responses
 from service.batching import Batcher
 from service.cores import available_cores, torch_cores
@@ -43,6 +44,7 @@ from service.threads import inference_threads, reload_thread
 from service.warming import compile_in_background, warm
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class ServedModel(Protocol):
@@ -276,18 +278,31 @@ class Runtime:
         self, task: str, predictor: ServedModel, executor: Executor | None = None, measure: bool = True
     ) -> RuntimeChoice:
         """Choose the runtime (unless `measure` is false: see service/warming.py) and run the warm-up pass: at
-        start-up on the thread that will run the model's batches, on a reload on the reload thread, whose
-        OpenMP team is the same size. Start-up and reloads warm through here."""
+        start-up on the thread that will run the model's batches; on a reload on the reload thread, with its
+        forward passes on the inference thread, between batches. Start-up and reloads warm through here."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor or self.executors[task], warm, predictor, self.settings, measure)
+        place = here if executor is None else self.on_inference(task)
+        work = functools.partial(warm, predictor, self.settings, measure, place)
+        return await loop.run_in_executor(executor or self.executors[task], work)
+
+    def on_inference(self, task: str) -> Place:
+        """Runs a piece of work on `task`'s inference thread, between its batches, and waits for it: for a
+        reload thread's forward passes (the thread itself has an OpenMP team of one; service/threads.py)."""
+        executor = self.executors[task]
+
+        def place(work: Callable[[], _T]) -> _T:
+            return executor.submit(work).result()
+
+        return place
 
     @contextlib.contextmanager
     def reload_worker(self) -> Iterator[ThreadPoolExecutor]:
-        """A thread for one reload's (or runtime measurement's) loading and warming, ended afterwards: an idle
-        thread keeps its OpenMP team, and with more teams than cores libgomp stops spinning for all of them,
-        so the batches would run a third slower from the first reload on (measured: 22 -> 30 ms per
-        Faster R-CNN image, back to 22 once that thread ended)."""
-        executor = reload_thread(self.device, self.settings.inference_workers, self.compute_threads)
+        """A thread for one reload's (or runtime measurement's) loading and preparing, ended afterwards: an
+        idle thread keeps its OpenMP team, and with more teams than cores libgomp stops spinning for all of
+        them, so the batches would run a third slower from the first reload on (measured: 22 -> 30 ms per
+        Faster R-CNN image, back to 22 once that thread ended). Its forward passes run on the inference
+        thread (`on_inference`)."""
+        executor = reload_thread(self.device)
         try:
             yield executor
         finally:

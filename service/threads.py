@@ -2,8 +2,9 @@
 
 On a CPU every model shares `INFERENCE_WORKERS` inference threads, which split the cores between their
 OpenMP teams; on a GPU each model has threads of its own. Reloads (and the background runtime
-measurement) load and warm on a thread of their own with an inference thread's team size, one per
-reload, ended afterwards (`Runtime.reload_worker`: an idle thread's team slows every other team).
+measurement) load and prepare on a thread of their own with a team of one, one per reload, ended
+afterwards (`Runtime.reload_worker`: an idle thread's team slows every other team); their forward passes
+run on the inference thread, between batches.
 Threads are named for the OS too, so `top -H` and bench/cpuuse.py can tell where the CPU goes.
 """
 
@@ -30,10 +31,12 @@ def inference_threads(
     return {task: _inference_threads(f"infer-{task}", workers) for task in tasks}
 
 
-def reload_thread(device: torch.device, workers: int = 1, cpu_threads: int = 0) -> ThreadPoolExecutor:
-    """The thread reloads load and warm new models on, beside the batches: with the OpenMP team size of
-    an inference thread, so that a warm-up computes as a batch will."""
-    return _inference_threads("reload", 1, _team(workers, cpu_threads) if device.type == "cpu" else None)
+def reload_thread(device: torch.device) -> ThreadPoolExecutor:
+    """The thread reloads (and the runtime measurement) load and prepare models on, beside the batches. On a
+    CPU its OpenMP team is one thread: with a second team, even an idle one, more threads than cores
+    belong to teams and libgomp stops spinning for all of them (fp32 forward passes of the FCN ran 2.2x
+    slower, ONNX Runtime's 1.4x). Their forward passes run on the inference thread (`Runtime.on_inference`)."""
+    return _inference_threads("reload", 1, 1 if device.type == "cpu" else None)
 
 
 def _team(workers: int, cpu_threads: int) -> int | None:

@@ -2,7 +2,10 @@
 
 `warm` chooses a loaded predictor's runtime (PRECISION=auto: measured on this device, parity-checked,
 models/runtimes.py; else the fixed PRECISION) and runs its warm-up pass, on the thread that will run its
-batches (start-up) or on the reload thread (a reload, while the old version serves).
+batches (start-up) or on a reload thread (a reload, while the old version serves). There every forward
+pass still runs on the inference thread, between batches (`place`): on a CPU a second OpenMP team, even
+an idle one, makes libgomp stop spinning for all teams, which slowed fp32 twice as much as ONNX Runtime
+and skewed the choice towards it (service/threads.py).
 
 With PRECISION=auto and RUNTIME_SELECTION=background (the default), start-up does not wait for the
 measurement: `warm(..., measure=False)` warms fp32 and the model serves it (/readyz as soon as every model
@@ -25,7 +28,7 @@ from typing import Protocol
 import torch
 
 from models import Acceleration, Manifest, Predictor
-from models.runtimes import RuntimeChoice, choose_runtime
+from models.runtimes import Place, RuntimeChoice, choose_runtime, here
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,14 @@ class Warmable(Protocol):
     def warmup(self) -> None: ...
 
 
-def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> RuntimeChoice:
-    """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass. With
-    `measure` false, PRECISION=auto warms fp32 and leaves the choice pending (`measure` makes it later)."""
+def warm(predictor: Warmable, settings: Settings, measure: bool = True, place: Place = here) -> RuntimeChoice:
+    """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass, every
+    forward pass through `place` (models/runtimes.py). With `measure` false, PRECISION=auto warms fp32 and
+    leaves the choice pending (`measure` makes it later)."""
     task, device = predictor.manifest.task, str(predictor.device)
     if settings.precision == "auto" and isinstance(predictor, Predictor):
         if measure:
-            choice = _choose(predictor, settings)
+            choice = _choose(predictor, settings, place)
             if choice.runner is not None:
                 predictor.adopt(choice.runner)
                 choice.runner = None  # the predictor now runs its network
@@ -57,7 +61,7 @@ def warm(predictor: Warmable, settings: Settings, measure: bool = True) -> Runti
         acceleration = getattr(predictor, "acceleration", Acceleration())
         choice = RuntimeChoice(task, device, acceleration, "fixed", f"PRECISION={settings.precision}")
         log.info("%s runtime on %s: %s (fixed by PRECISION=%s)", task, device, acceleration.name, settings.precision)
-    predictor.warmup()
+    place(predictor.warmup)
     return choice
 
 
@@ -67,17 +71,18 @@ def timing_batch(settings: Settings) -> int:
     return max(1, min(settings.max_batch_size, 8) // 2)
 
 
-def measure(predictor: Predictor, settings: Settings) -> RuntimeChoice:
+def measure(predictor: Predictor, settings: Settings, place: Place = here) -> RuntimeChoice:
     """The measured choice for a serving fp32 predictor, which stays untouched; the winner, if another
     runtime wins, comes as `choice.runner`, warmed up and ready to be switched in."""
-    choice = _choose(predictor, settings)
+    choice = _choose(predictor, settings, place)
     if choice.runner is not None:
-        choice.runner.warmup()
+        place(choice.runner.warmup)
     return choice
 
 
-def _choose(predictor: Predictor, settings: Settings) -> RuntimeChoice:
-    return choose_runtime(predictor, budget_s=settings.runtime_budget_s, batch_size=timing_batch(settings))
+def _choose(predictor: Predictor, settings: Settings, place: Place) -> RuntimeChoice:
+    budget, batch = settings.runtime_budget_s, timing_batch(settings)
+    return choose_runtime(predictor, budget_s=budget, batch_size=batch, place=place)
 
 
 def compile_in_background(

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.anyio
 FOLD = Acceleration(fold_bn=True)
 ORT = Acceleration(backend="onnxruntime")
 IMAGE = encode(blocks_image(3))
+TIMED_ON: set[str] = set()  # the threads the fake clock was read on
 
 
 @asynccontextmanager
@@ -52,13 +53,18 @@ def winner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
     if acceleration.backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
 
-    def choose(predictor: Any, budget_s: float = 1.0, batch_size: int = 1) -> runtimes.RuntimeChoice:
+    def choose(
+        predictor: Any, budget_s: float = 1.0, batch_size: int = 1, place: runtimes.Place = runtimes.here
+    ) -> runtimes.RuntimeChoice:
         def timer(runner: Any, images: Any) -> float:
+            TIMED_ON.add(threading.current_thread().name)
             return 0.5 if runner.acceleration == acceleration else 1.0
 
         return runtimes.choose_runtime(
-            predictor, budget_s=0, accelerations=[acceleration], timer=timer, batch_size=batch_size
+            predictor, budget_s=0, accelerations=[acceleration], timer=timer, batch_size=batch_size, place=place
         )
+
+    TIMED_ON.clear()
 
     monkeypatch.setattr(warming, "choose_runtime", choose)
     return acceleration
@@ -84,12 +90,16 @@ async def test_fp32_serves_until_the_measured_runtime_switches_in(store: Path, w
         metrics = (await client.get("/metrics")).text
 
     assert reload_threads == []
+    # Prepared on the reload thread, timed between batches on the inference thread (where batches run).
+    assert TIMED_ON
+    assert all(name.startswith("inference") for name in TIMED_ON), TIMED_ON
     assert model.choice.mode == "measured"
     assert model.choice.acceleration == winner
     assert model.predictor is not served_first
     assert model.predictor.acceleration == winner
     assert described["runtime"]["runtime"] == winner.name
     assert described["previous_version"] is None  # a runtime switch is not a reload
+    assert all("model" in a for a in answers), [a for a in answers if "model" not in a][:2]
     assert {a["model"]["version"] for a in answers} == {served_first.manifest.version}
     first, last = answers[0]["detections"], answers[-1]["detections"]
     assert [d["label"] for d in first] == [d["label"] for d in last]  # the winner answers as fp32 did
@@ -110,10 +120,12 @@ async def test_a_reload_during_the_measurement_waits_for_it_then_serves_the_new_
     gate, measuring = threading.Event(), threading.Event()
     real = runtimes.choose_runtime
 
-    def choose(predictor: Any, budget_s: float = 1.0, batch_size: int = 1) -> runtimes.RuntimeChoice:
+    def choose(
+        predictor: Any, budget_s: float = 1.0, batch_size: int = 1, place: runtimes.Place = runtimes.here
+    ) -> runtimes.RuntimeChoice:
         measuring.set()
         assert gate.wait(30)  # the background measurement holds until the reload is asked for
-        return real(predictor, budget_s=0, accelerations=[FOLD], batch_size=1)
+        return real(predictor, budget_s=0, accelerations=[FOLD], batch_size=1, place=place)
 
     monkeypatch.setattr(warming, "choose_runtime", choose)
     async with background_app(own) as (client, app):
