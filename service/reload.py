@@ -103,10 +103,10 @@ class Reloader:
 
     async def measure_runtimes(self) -> None:
         """After start-up: measure the runtime of each model whose choice is pending (PRECISION=auto with
-        RUNTIME_SELECTION=background; nothing otherwise) on a reload thread while fp32 serves, and switch
-        to the winner at a batch boundary. Not under the reload lock: a reload
-        meanwhile waits for the measurement's computation only, and a model it replaced is not switched (the
-        new version measured its own runtime)."""
+        RUNTIME_SELECTION=background; nothing otherwise) while fp32 serves (prepared on a reload thread, its
+        forward passes on the inference thread between batches), and switch to the winner at a batch
+        boundary. Not under the reload lock: a reload meanwhile waits for the measurement's computation
+        only, and a model it replaced is not switched (the new version measured its own runtime)."""
         for task, model in self.runtime.models.items():
             if self.runtime.draining:
                 return
