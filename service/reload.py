@@ -7,10 +7,11 @@ version than the one served:
 1. load it beside the running model through `Runtime.load_model`, start-up's own path (the loader
    verifies the sha256 and that the weights fit the manifest's architecture), on the reload thread,
    while the running model goes on serving;
-2. warm it through `Runtime.warm_model`, start-up's warm-up: prepared on that thread, whose OpenMP team
-   is one thread (service/threads.py), with each forward pass (a runtime measurement's timings, the
-   warm-up pass) run on the inference thread between batches, so that the timings see what a batch
-   will see and no request waits behind more than one such pass;
+2. warm it through `Runtime.warm_model`, start-up's warm-up, on that thread, whose OpenMP team is one
+   thread on a CPU (service/threads.py); a runtime measurement's forward passes run on the inference
+   thread between batches, so that its timings see what a batch will see and no request waits behind
+   more than one such pass; the warm-up pass itself stays on the reload thread (a slow one must not
+   stall the batches);
 3. switch at a batch boundary (`Batcher.swap`): batches running finish on the old model, queued and new
    requests run on the new one, and every answer names the version that computed it;
 4. once the old model's batches are done, drop it and give its memory back.
@@ -104,7 +105,7 @@ class Reloader:
     async def measure_runtimes(self) -> None:
         """After start-up: measure the runtime of each model whose choice is pending (PRECISION=auto with
         RUNTIME_SELECTION=background; nothing otherwise) while fp32 serves (prepared on a reload thread, its
-        forward passes on the inference thread between batches), and switch to the winner at a batch
+        timed passes on the inference thread between batches), and switch to the winner at a batch
         boundary. Not under the reload lock: a reload meanwhile waits for the measurement's computation
         only, and a model it replaced is not switched (the new version measured its own runtime)."""
         for task, model in self.runtime.models.items():

@@ -278,16 +278,20 @@ class Runtime:
         self, task: str, predictor: ServedModel, executor: Executor | None = None, measure: bool = True
     ) -> RuntimeChoice:
         """Choose the runtime (unless `measure` is false: see service/warming.py) and run the warm-up pass: at
-        start-up on the thread that will run the model's batches; on a reload on the reload thread, with its
-        forward passes on the inference thread, between batches. Start-up and reloads warm through here."""
+        start-up on the thread that will run the model's batches; on a reload on the reload thread, with the
+        measurement's forward passes on the inference thread, between batches (`on_inference`). Start-up and
+        reloads warm through here."""
         loop = asyncio.get_running_loop()
         place = here if executor is None else self.on_inference(task)
         work = functools.partial(warm, predictor, self.settings, measure, place)
         return await loop.run_in_executor(executor or self.executors[task], work)
 
     def on_inference(self, task: str) -> Place:
-        """Runs a piece of work on `task`'s inference thread, between its batches, and waits for it: for a
-        reload thread's forward passes (the thread itself has an OpenMP team of one; service/threads.py)."""
+        """Runs a piece of work on `task`'s inference thread, between its batches, and waits for it: for the
+        forward passes a runtime measurement times on a CPU (the reload thread has an OpenMP team of one;
+        service/threads.py). On a GPU, where no team is shared, they run where they are asked for."""
+        if self.device.type != "cpu":
+            return here
         executor = self.executors[task]
 
         def place(work: Callable[[], _T]) -> _T:

@@ -36,7 +36,15 @@ def reload_thread(device: torch.device) -> ThreadPoolExecutor:
     CPU its OpenMP team is one thread: with a second team, even an idle one, more threads than cores
     belong to teams and libgomp stops spinning for all of them (fp32 forward passes of the FCN ran 2.2x
     slower, ONNX Runtime's 1.4x). Their forward passes run on the inference thread (`Runtime.on_inference`)."""
-    return _inference_threads("reload", 1, 1 if device.type == "cpu" else None)
+    if device.type != "cpu":
+        return _inference_threads("reload", 1)
+    default = torch.get_num_threads()
+    executor = _inference_threads("reload", 1, 1)
+    # Its thread starts now and takes its team of one (torch sets a thread's team at its first call);
+    # torch.set_num_threads also set the default of threads made later (and none before): restore it.
+    executor.submit(torch.get_num_threads).result()
+    torch.set_num_threads(default)
+    return executor
 
 
 def _team(workers: int, cpu_threads: int) -> int | None:

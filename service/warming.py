@@ -2,10 +2,11 @@
 
 `warm` chooses a loaded predictor's runtime (PRECISION=auto: measured on this device, parity-checked,
 models/runtimes.py; else the fixed PRECISION) and runs its warm-up pass, on the thread that will run its
-batches (start-up) or on a reload thread (a reload, while the old version serves). There every forward
-pass still runs on the inference thread, between batches (`place`): on a CPU a second OpenMP team, even
-an idle one, makes libgomp stop spinning for all teams, which slowed fp32 twice as much as ONNX Runtime
-and skewed the choice towards it (service/threads.py).
+batches (start-up) or on a reload thread (a reload, while the old version serves). There, on a CPU, the
+measurement's forward passes still run on the inference thread, between batches (`place`): a second
+OpenMP team, even an idle one, makes libgomp stop spinning for all teams, which slowed fp32 twice as
+much as ONNX Runtime and skewed the choice towards it (service/threads.py). The warm-up pass stays on
+the reload thread: a slow one must not stall the batches.
 
 With PRECISION=auto and RUNTIME_SELECTION=background (the default), start-up does not wait for the
 measurement: `warm(..., measure=False)` warms fp32 and the model serves it (/readyz as soon as every model
@@ -44,9 +45,9 @@ class Warmable(Protocol):
 
 
 def warm(predictor: Warmable, settings: Settings, measure: bool = True, place: Place = here) -> RuntimeChoice:
-    """Choose the runtime (in place: the same predictor object serves) and run the warm-up pass, every
-    forward pass through `place` (models/runtimes.py). With `measure` false, PRECISION=auto warms fp32 and
-    leaves the choice pending (`measure` makes it later)."""
+    """Choose the runtime (in place: the same predictor object serves), the measurement's forward passes
+    through `place` (models/runtimes.py), and run the warm-up pass. With `measure` false, PRECISION=auto
+    warms fp32 and leaves the choice pending (`measure` makes it later)."""
     task, device = predictor.manifest.task, str(predictor.device)
     if settings.precision == "auto" and isinstance(predictor, Predictor):
         if measure:
@@ -61,7 +62,7 @@ def warm(predictor: Warmable, settings: Settings, measure: bool = True, place: P
         acceleration = getattr(predictor, "acceleration", Acceleration())
         choice = RuntimeChoice(task, device, acceleration, "fixed", f"PRECISION={settings.precision}")
         log.info("%s runtime on %s: %s (fixed by PRECISION=%s)", task, device, acceleration.name, settings.precision)
-    place(predictor.warmup)
+    predictor.warmup()  # here, not through `place`: a slow first pass (CUDA's is) must not stall the batches
     return choice
 
 
@@ -76,7 +77,7 @@ def measure(predictor: Predictor, settings: Settings, place: Place = here) -> Ru
     runtime wins, comes as `choice.runner`, warmed up and ready to be switched in."""
     choice = _choose(predictor, settings, place)
     if choice.runner is not None:
-        place(choice.runner.warmup)
+        choice.runner.warmup()
     return choice
 
 

@@ -13,7 +13,7 @@ import torch
 from service_helpers import WrappedPredictor, as_raw, blocks_image, encode, serve, settings_for
 
 from models import TASKS, Predictor
-from service.threads import inference_threads
+from service.threads import inference_threads, reload_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -93,3 +93,18 @@ async def test_two_batches_at_once_answer_as_one_at_a_time(store: Path, task: st
         one_at_a_time = [await client.post(f"/{task}", **as_raw(image)) for image in images]
         at_once = await asyncio.gather(*(client.post(f"/{task}", **as_raw(image)) for image in images))
     assert _bodies(list(at_once)) == _bodies(one_at_a_time)
+
+
+def test_the_reload_thread_has_a_team_of_one_and_leaves_the_default_alone() -> None:
+    cores = torch.get_num_threads()
+    reload = reload_thread(torch.device("cpu"))
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    seen: list[int] = []
+    try:
+        assert reload.submit(torch.get_num_threads).result() == 1  # it only prepares; passes run elsewhere
+        later.start()
+        later.join()
+        assert seen == [cores]  # a thread made afterwards (an inference worker, say) gets every core
+        assert torch.get_num_threads() == cores
+    finally:
+        reload.shutdown()
