@@ -34,8 +34,9 @@ def inference_threads(
 def reload_thread(device: torch.device) -> ThreadPoolExecutor:
     """The thread reloads (and the runtime measurement) load and prepare models on, beside the batches. On a
     CPU its OpenMP team is one thread: with a second team, even an idle one, more threads than cores
-    belong to teams and libgomp stops spinning for all of them (fp32 forward passes of the FCN ran 2.2x
-    slower, ONNX Runtime's 1.4x). Their forward passes run on the inference thread (`Runtime.on_inference`)."""
+    belong to teams and libgomp stops spinning for all of them (torch's forward passes ran 1.45-1.6x
+    slower, ONNX Runtime's 0.9-1.2x: bench/omp_teams.py). A runtime measurement's forward passes run on
+    the inference thread (`Runtime.on_inference`)."""
     if device.type != "cpu":
         return _inference_threads("reload", 1)
     default = torch.get_num_threads()
