@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "bf16"]
 Backend = Literal["torch", "onnxruntime"]
 # What autocasts: the whole forward pass, or an R-CNN's backbone and FPN only (its RPN and RoI heads stay
-# fp32: in bf16 their box deltas round by pixels, and bf16 Mask R-CNN boxes fail the parity check).
+# fp32: in bf16 their box deltas round by pixels, and whole-model bf16 boxes fail the parity check at times).
 AutocastScope = Literal["model", "backbone"]
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _BATCH_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)

@@ -99,8 +99,8 @@ class SkipFCN(nn.Module):
             logits = _upsample_to(logits, c4) + self.score16(c4)
         if self.skips == "8s":
             logits = _upsample_to(logits, c3) + self.score8(c3)
-        # In fp32 NCHW whatever the runtime: bilinear kernels for NHWC vectorise over channels, and with one
-        # per class the full-size upsampling ran several times slower than the convolutions gained.
+        # In fp32 NCHW whatever the runtime: NHWC bilinear kernels vectorise over channels, and with one channel
+        # per class the full-size upsampling under bf16 + NHWC took 82 ms of a 293 ms profile (30 in NCHW).
         logits = logits.float().contiguous()
         return {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
 
