@@ -235,7 +235,6 @@ class Runtime:
         self.decode_limiter = anyio.CapacityLimiter(max(2, cores))
         self.draining = False  # set on SIGTERM: /readyz answers 503 while requests in flight finish
         self.warmed = False  # the start-up warm-up has run (whatever its outcome): reloads may start
-        self.compute_threads = 0  # each inference thread's OpenMP team on a CPU (0: torch's default)
         self.renderer = Renderer(settings.render_max_side, settings.max_renders)  # ?render=png
 
     @classmethod
@@ -249,7 +248,6 @@ class Runtime:
             log.info("computing on %d cores: the CPU quota allows no more (CPU_THREADS overrides)", compute)
         executors = inference_threads(settings.tasks, device, settings.inference_workers, compute)
         runtime = cls(settings, metrics, device, {}, executors, settings.cpu_threads or available, load)
-        runtime.compute_threads = compute
         for task in settings.tasks:
             try:
                 predictor = await runtime.load_model(task)
@@ -304,8 +302,8 @@ class Runtime:
         """A thread for one reload's (or runtime measurement's) loading and preparing, ended afterwards: an
         idle thread keeps its OpenMP team, and with more teams than cores libgomp stops spinning for all of
         them, so the batches would run a third slower from the first reload on (measured: 22 -> 30 ms per
-        Faster R-CNN image, back to 22 once that thread ended). Its forward passes run on the inference
-        thread (`on_inference`)."""
+        Faster R-CNN image, back to 22 once that thread ended). A runtime measurement's forward passes run
+        on the inference thread (`on_inference`)."""
         executor = reload_thread(self.device)
         try:
             yield executor

@@ -5,8 +5,8 @@ models/runtimes.py; else the fixed PRECISION) and runs its warm-up pass, on the 
 batches (start-up) or on a reload thread (a reload, while the old version serves). There, on a CPU, the
 measurement's forward passes still run on the inference thread, between batches (`place`): a second
 OpenMP team, even an idle one, makes libgomp stop spinning for all teams, which slowed torch's
-runtimes far more than ONNX Runtime's and skewed the choice towards it (service/threads.py). The warm-up pass stays on
-the reload thread: a slow one must not stall the batches.
+runtimes far more than ONNX Runtime's and skewed the choice towards it (service/threads.py). The
+warm-up pass stays on the reload thread: a slow one must not stall the batches.
 
 With PRECISION=auto and RUNTIME_SELECTION=background (the default), start-up does not wait for the
 measurement: `warm(..., measure=False)` warms fp32 and the model serves it (/readyz as soon as every model
