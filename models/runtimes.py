@@ -8,7 +8,7 @@ batch norm folded or not. Each is built from a copy of the fp32 model and
 2. is timed against fp32 in paired, interleaved rounds (each round runs every runtime once on the same
    images, in a shuffled order, so that a load change on a shared machine hits all of them alike), for
    `min_rounds` rounds; then the `FINALISTS` fastest of them are timed on, as many rounds as `budget_s`
-   allows (an R-CNN on a CPU with native bf16 has 13 candidates; each round of all 13 costs seconds);
+   allows (on a CPU with native bf16 an R-CNN has 9 candidates; each round of all 9 costs seconds);
 3. `select` keeps the fastest finalist by its median paired ratio to fp32, only if `MIN_SPEEDUP` faster.
 
 The outcome, with every candidate's figures, is a `RuntimeChoice` (logged and shown by the service); it
@@ -115,7 +115,7 @@ class RuntimeChoice:
 
 def candidates(device: torch.device, autocast_scopes: Sequence[AutocastScope] = ("model",)) -> list[Acceleration]:
     """Every runtime worth trying on `device`, fp32 (NCHW, unfolded) first; a reduced precision once per
-    scope the predictor can autocast (`Predictor.autocast_scopes`); on a CPU with ONNX Runtime installed,
+    autocast scope asked for (`Predictor.measured_scopes`); on a CPU with ONNX Runtime installed,
     fp32 in ONNX Runtime too (it does its own layout choice and batch-norm fusion)."""
     found = []
     for precision, channels_last, fold in itertools.product(precisions(device), (False, True), (False, True)):
@@ -206,7 +206,7 @@ def choose_runtime(
     reports = [CandidateReport(BASELINE)]
     runners: list[Predictor] = [predictor]
     if accelerations is None:
-        accelerations = candidates(predictor.device, predictor.autocast_scopes)
+        accelerations = candidates(predictor.device, predictor.measured_scopes())
     for acceleration in accelerations:
         if acceleration == BASELINE:
             continue

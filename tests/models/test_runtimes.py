@@ -79,6 +79,9 @@ def test_bf16_is_a_cpu_candidate_only_with_native_support(monkeypatch: pytest.Mo
     rcnn = [a for a in runtimes.candidates(CPU, ("model", "backbone")) if a.backend == "torch"]
     assert len(rcnn) == 12
     assert {a.precision_label for a in rcnn} == {"fp32", "bf16", "bf16-backbone"}
+    # What is measured: on a CPU an R-CNN's heads stay fp32 (whole-model bf16 cost accuracy on cross).
+    assert tiny_predictor("instances").measured_scopes() == ("backbone",)
+    assert tiny_predictor("segment").measured_scopes() == ("model",)
 
 
 def test_only_the_finalists_are_timed_past_the_first_rounds() -> None:

@@ -30,7 +30,7 @@ def test_choose_runtime_on_cuda_checks_parity_and_times_every_candidate(random_s
     choice = choose_runtime(predictor, budget_s=1.0)
     print(task, choice.to_json())  # the figures, for gpu_tests.log
     assert choice.device.startswith("cuda")
-    assert len(choice.candidates) == len(candidates(CUDA, predictor.autocast_scopes))
+    assert len(choice.candidates) == len(candidates(CUDA, predictor.measured_scopes()))
     chosen = next(c for c in choice.candidates if c.acceleration == choice.acceleration)
     assert chosen.parity is None or chosen.parity.ok
     predictor.accelerate(choice.acceleration)
