@@ -18,6 +18,7 @@ carries the winner's predictor, already prepared (an ONNX export or a fold is no
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import random
@@ -200,7 +201,7 @@ def choose_runtime(
     started = time.perf_counter()
     predictor = twin(predictor)
     images = list(images if images is not None else sample_images())
-    batches = [image for image in images for _ in range(max(1, batch_size))]  # a batch per image's shape
+    batches = [[image] * max(1, batch_size) for image in images]  # a batch per image's shape
     queries = [PARITY_QUERY] * len(images)
     reference = place(lambda: predictor.predict(images, queries))  # also its warm-up for these shapes
     reports = [CandidateReport(BASELINE)]
@@ -215,8 +216,12 @@ def choose_runtime(
         if runner is not None:
             runners.append(runner)
     timed = [r for r in reports if r.parity is None or r.parity.ok]
-    placed: Timer = lambda runner, batch: place(lambda: timer(runner, batch))  # noqa: E731
-    _time_rounds(runners, timed, batches, placed, started + budget_s, min_rounds)
+
+    def time_batches(runner: Predictor) -> float:
+        # One placed pass per batch: a request arriving meanwhile waits behind one batch's pass at most.
+        return sum(place(functools.partial(timer, runner, batch)) for batch in batches)
+
+    _time_rounds(runners, timed, time_batches, started + budget_s, min_rounds)
     acceleration, reason = select(reports)
     runner = next((r for r in runners[1:] if r.acceleration == acceleration), None)
     choice = RuntimeChoice(predictor.manifest.task, str(predictor.device), acceleration, "measured", reason, reports,
@@ -248,8 +253,8 @@ def _try(
 
 
 def _time_rounds(
-    runners: list[Predictor], reports: list[CandidateReport], images: list[Tensor], timer: Timer,
-    deadline: float, min_rounds: int,
+    runners: list[Predictor], reports: list[CandidateReport], timer: Callable[[Predictor], float], deadline: float,
+    min_rounds: int,
 ) -> None:  # fmt: skip
     """Paired rounds after one untimed round: every runner once per round on the same images, in an order
     shuffled each round (a rotation would always run the same runner after the same one). After
@@ -258,7 +263,7 @@ def _time_rounds(
     if len(runners) < 2:
         return
     for runner in runners:  # untimed: a batch of a new size makes oneDNN build its kernels first
-        timer(runner, images)
+        timer(runner)
     active = list(range(len(runners)))
     for round_index in itertools.count():
         if round_index >= min_rounds and time.perf_counter() >= deadline:
@@ -268,7 +273,7 @@ def _time_rounds(
             for k in by_speed[FINALISTS:]:
                 reports[k].finalist = False
             active = [0, *by_speed[:FINALISTS]]
-        seconds = {k: timer(runners[k], images) for k in random.Random(round_index).sample(active, len(active))}
+        seconds = {k: timer(runners[k]) for k in random.Random(round_index).sample(active, len(active))}
         for k in active:
             reports[k].ms.append(1000 * seconds[k])
             reports[k].ratios.append(seconds[k] / seconds[0])

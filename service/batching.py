@@ -114,6 +114,12 @@ class Batcher(Generic[In, Out]):
         return self._worker is not None and not self._worker.done()
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued, admitted (a caller preparing an item) or running: safe to read off the loop, as
+        a hint (an item may arrive the next instant)."""
+        return self.depth == 0 and self._queue.admitted == 0 and self._slots.taken == 0
+
+    @property
     def busy_s(self) -> float:
         """How long the oldest batch now running on a thread has been running; 0 when idle. A batch still
         waiting for the thread (behind another model's) is not running."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import anyio
 import torch
@@ -35,6 +35,7 @@ from models.runtimes import Place, RuntimeChoice, here
 from service import responses
 from service.batching import Batcher
 from service.cores import available_cores, torch_cores
+from service.gaps import BetweenBatches
 from service.imaging import DecodedImage, Limits
 from service.metrics import Metrics
 from service.render import Renderer
@@ -44,7 +45,6 @@ from service.threads import inference_threads, reload_thread
 from service.warming import compile_in_background, warm
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 class ServedModel(Protocol):
@@ -285,17 +285,15 @@ class Runtime:
         return await loop.run_in_executor(executor or self.executors[task], work)
 
     def on_inference(self, task: str) -> Place:
-        """Runs a piece of work on `task`'s inference thread, between its batches, and waits for it: for the
-        forward passes a runtime measurement times on a CPU (the reload thread has an OpenMP team of one;
-        service/threads.py). On a GPU, where no team is shared, they run where they are asked for."""
+        """Runs a piece of work on `task`'s inference thread, in a gap between the batches of every model that
+        shares it, and waits for it (service/gaps.py): for the forward passes a runtime measurement times on
+        a CPU (the reload thread has an OpenMP team of one; service/threads.py). On a GPU, where no team is
+        shared, they run where they are asked for."""
         if self.device.type != "cpu":
             return here
         executor = self.executors[task]
-
-        def place(work: Callable[[], _T]) -> _T:
-            return executor.submit(work).result()
-
-        return place
+        sharing = [model.batcher for name, model in self.models.items() if self.executors[name] is executor]
+        return BetweenBatches(executor, lambda: not all(batcher.idle for batcher in sharing))
 
     @contextlib.contextmanager
     def reload_worker(self) -> Iterator[ThreadPoolExecutor]:

@@ -88,7 +88,7 @@ def test_only_the_finalists_are_timed_past_the_first_rounds() -> None:
     speed = {BASELINE: 1.0, FOLD: 0.9, NHWC: 0.5, BF16: 0.6, BF16_BACKBONE: 0.7, Acceleration("fp32", True, True): 1.2}
     reports = [CandidateReport(acceleration, None if acceleration == BASELINE else Parity()) for acceleration in speed]
     runners: Any = [SimpleNamespace(acceleration=acceleration) for acceleration in speed]
-    runtimes._time_rounds(runners, reports, [], lambda runner, images: speed[runner.acceleration],
+    runtimes._time_rounds(runners, reports, lambda runner: speed[runner.acceleration],
                           deadline=time.perf_counter() + 0.01, min_rounds=2)  # fmt: skip
     assert [r.acceleration for r in reports if r.finalist] == [BASELINE, NHWC, BF16, BF16_BACKBONE]
     assert [len(r.ratios) for r in reports if not r.finalist] == [2, 2]  # dropped after min_rounds
