@@ -7,8 +7,9 @@ batch norm folded or not. Each is built from a copy of the fp32 model and
    candidate whose answers differ from fp32's beyond models/parity.py's tolerances is dropped;
 2. is timed against fp32 in paired, interleaved rounds (each round runs every runtime once on the same
    images, in a shuffled order, so that a load change on a shared machine hits all of them alike), for
-   `min_rounds` rounds; then the `FINALISTS` fastest of them are timed on, as many rounds as `budget_s`
-   allows (on a CPU with native bf16 an R-CNN has 9 candidates; each round of all 9 costs seconds);
+   `min_rounds` rounds; then the `FINALISTS` fastest of them are timed on, `FINALIST_ROUNDS` rounds
+   whatever the budget and as many more as `budget_s` allows (on a CPU with native bf16 an R-CNN has 9
+   candidates; each round of all 9 costs seconds);
 3. `select` keeps the fastest finalist by its median paired ratio to fp32, only if `MIN_SPEEDUP` faster.
 
 The outcome, with every candidate's figures, is a `RuntimeChoice` (logged and shown by the service); it
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 
 MIN_SPEEDUP = 1.05  # below this a "win" is within the noise of a shared machine: fp32 stays
 FINALISTS = 3  # candidates timed on after the first rounds (models/runtimes.py:_time_rounds)
+# Rounds of the finalists however short the budget: an R-CNN's two first rounds of 9 candidates used the
+# whole 10 s on a 2-core machine, and a choice made on two ratios was noise (bench run 5: folding alone
+# "0.57x", the winner's "1.25x" served at 0.64x fp32's peak).
+FINALIST_ROUNDS = 3
 BASELINE = Acceleration()
 # (height, width) of the sample images: a landscape and a portrait picture, as uploads come.
 SAMPLE_SIZES = ((240, 320), (320, 240))
@@ -258,15 +263,16 @@ def _time_rounds(
 ) -> None:  # fmt: skip
     """Paired rounds after one untimed round: every runner once per round on the same images, in an order
     shuffled each round (a rotation would always run the same runner after the same one). After
-    `min_rounds`, only fp32 and the `FINALISTS` fastest so far go on: the budget buys rounds where the
-    choice is close rather than more rounds of candidates already behind."""
+    `min_rounds`, only fp32 and the `FINALISTS` fastest so far go on, for `FINALIST_ROUNDS` rounds at
+    least: the budget buys rounds where the choice is close rather than more rounds of candidates
+    already behind."""
     if len(runners) < 2:
         return
     for runner in runners:  # untimed: a batch of a new size makes oneDNN build its kernels first
         timer(runner)
     active = list(range(len(runners)))
     for round_index in itertools.count():
-        if round_index >= min_rounds and time.perf_counter() >= deadline:
+        if round_index >= min_rounds + FINALIST_ROUNDS and time.perf_counter() >= deadline:
             break
         if round_index == min_rounds:
             by_speed = sorted(active[1:], key=lambda k: statistics.median(reports[k].ratios))
