@@ -142,6 +142,34 @@ def test_queries_filter_per_image(random_store: Path) -> None:
     assert strict.masks.dense().shape == (0, 200, 240)
 
 
+def test_heads_stop_at_the_querys_threshold_with_the_same_answer(random_store: Path) -> None:
+    """Mask R-CNN's heads keep only what the query asks for, so the mask head runs on no detection the
+    answer drops, and the answer is the one a lower floor filtered afterwards gives."""
+    predictor = load_predictor(random_store, "instances")
+    mask_head_rows: list[int] = []
+    model: Any = predictor.model
+    model.roi_heads.mask_head.register_forward_hook(lambda _m, args, _o: mask_head_rows.append(len(args[0])))
+    torch.manual_seed(2)
+    image = torch.randint(0, 256, (3, 220, 260), dtype=torch.uint8)
+    (low,) = predictor.predict([image], [Query(score_threshold=0.0)])
+    assert isinstance(low, Detections)
+    threshold = float(low.scores[len(low.scores) // 2])
+    kept = int((low.scores >= threshold).sum())
+    assert 0 < kept < len(low.scores) == mask_head_rows[0]
+
+    (alone,) = predictor.predict([image], [Query(score_threshold=threshold)])
+    mixed, _ = predictor.predict([image, image], [Query(score_threshold=threshold), Query(score_threshold=0.0)])
+    assert mask_head_rows[1] == kept
+    for answer in (alone, mixed):
+        assert isinstance(answer, Detections)
+        assert answer.masks is not None
+        assert low.masks is not None
+        assert torch.equal(answer.boxes, low.boxes[:kept])
+        assert torch.equal(answer.scores, low.scores[:kept])
+        assert torch.equal(answer.labels, low.labels[:kept])
+        assert torch.equal(answer.masks.dense(), low.masks.dense()[:kept])
+
+
 def test_bad_images_raise_value_error(random_store: Path) -> None:
     predictor = load_predictor(random_store, "segment")
     with pytest.raises(ValueError, match="uint8"):
