@@ -40,12 +40,15 @@ def trainer(*args: str) -> list[str]:
     return [sys.executable, "-m", "trainer", *args]
 
 
-def run_bootstrap(workdir: Path, preset: str, seed: int = 0) -> tuple[Path, float, list[dict[str, Any]]]:
+def run_bootstrap(
+    workdir: Path, preset: str, seed: int = 0, amp: bool | None = None
+) -> tuple[Path, float, list[dict[str, Any]]]:
     """Runs the bootstrap, echoing its log, and returns the store, wall seconds and its stage records."""
     store, data = workdir / "store", workdir / "shapes"
+    precision = [] if amp is None else ["--amp" if amp else "--no-amp"]
     started = time.perf_counter()
     process = subprocess.Popen(trainer("bootstrap", "--out", str(store), "--data", str(data), "--preset", preset,
-                                       "--seed", str(seed)),
+                                       "--seed", str(seed), *precision),
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert process.stderr is not None
     stages = []
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--fresh-seed", type=int, default=1, help="seed of the fresh evaluation set")
     parser.add_argument("--preset", choices=("smoke", "quick", "full"), default="quick", help="the bootstrap's preset")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's training seed (data: seed 0)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="the bootstrap's --amp (default: its own)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     total, stages = args.wall_seconds, None
@@ -140,7 +144,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         store = args.store
         if store is None:
-            store, total, stages = run_bootstrap(workdir, args.preset, args.seed)
+            store, total, stages = run_bootstrap(workdir, args.preset, args.seed, args.amp)
         report = {
             "machine": {
                 "platform": platform.platform(),
@@ -150,6 +154,7 @@ def main() -> None:
             },
             "preset": args.preset if args.store is None else None,
             "training_seed": args.seed if args.store is None else None,
+            "amp": args.amp if args.store is None else None,
             "total_wall_seconds": round(total, 1) if total is not None else None,
             "stages": stages,
             "tasks": collect(store),

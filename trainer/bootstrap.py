@@ -66,9 +66,16 @@ def stage_config(stage: Stage, preset: str) -> TrainConfig:
 
 
 def bootstrap(
-    store: Path, data: Path, preset: str = "quick", device: str = "auto", progress: bool = True, seed: int = 0
+    store: Path,
+    data: Path,
+    preset: str = "quick",
+    device: str = "auto",
+    progress: bool = True,
+    seed: int = 0,
+    amp: bool | None = None,
 ) -> None:
-    """Train every task the store lacks; `seed` seeds each stage's training (the data keep DATA's)."""
+    """Train every task the store lacks; `seed` seeds each stage's training (the data keep DATA's), `amp` is
+    each stage's mixed precision (None: trainer.precision's default)."""
     todo = missing_tasks(store)
     if not todo:
         log.info("model store %s is complete; nothing to train", store)
@@ -83,7 +90,7 @@ def bootstrap(
                  store, init_from or "scratch")  # fmt: skip
         job = TrainJob(task=stage.task, data=data, out=store, arch=DEFAULT_ARCH[stage.task], preset=preset,
                        config=stage_config(stage, preset), device=resolve_device(device), init_from=init_from,
-                       progress=progress, seed=seed)  # fmt: skip
+                       progress=progress, seed=seed, amp=amp)  # fmt: skip
         manifest = run(job)
         assert manifest is not None  # a single process is its own rank 0
         # One JSON line per stage: bench/preset.py reads them (the refined detector replaces the first).

@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, default="quick")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay seed 0)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision in every stage (as train's)")
 
     sub.add_parser("archs", help="list the architectures per task")
     _add_lifecycle_parsers(sub)
@@ -213,7 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    bootstrap(args.out, args.data, args.preset, args.device, seed=args.seed)
+    bootstrap(args.out, args.data, args.preset, args.device, seed=args.seed, amp=args.amp)
     return 0
 
 

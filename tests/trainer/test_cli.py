@@ -103,17 +103,19 @@ def test_bootstrap_chains_the_tasks_through_one_backbone(store: Path, tmp_path: 
     assert warm_start(detector, store / "instances", "detect") == []
 
 
-def test_bootstrap_trains_what_the_store_lacks_with_the_seed_given(
+def test_bootstrap_trains_what_the_store_lacks_with_the_seed_and_precision_given(
     shapes: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     partial = tmp_path / "store"
     for task in ("instances", "segment"):
         shutil.copytree(store / task, partial / task)
     monkeypatch.chdir(tmp_path)  # run folders go under ./artifacts/runs
+    monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: True)  # bf16 autocast runs on any CPU
     argv = ["bootstrap", "--out", str(partial), "--data", str(shapes), "--preset", "smoke", "--device", "cpu"]
-    assert main([*argv, "--seed", "3"]) == 0
+    assert main([*argv, "--seed", "3", "--amp"]) == 0
     trained = read_manifest(partial, "detect").trained
     assert (trained["seed"], trained["preset"], trained["init_from"]) == (3, "smoke", None)
+    assert trained["precision"] == "bfloat16"
     assert read_manifest(partial, "instances").trained == read_manifest(store, "instances").trained  # kept
 
 
