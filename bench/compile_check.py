@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import machine
+from plot import bar_panels
 
 import models
 from models.compiling import try_compile
@@ -42,23 +43,12 @@ def run_task(store: Path, task: str) -> dict[str, Any]:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, speedups = [], []
+    speedups = {}
     for task, result in report["tasks"].items():
-        for runtime in ("fp32", "chosen_runtime"):
-            labels.append(f"{task} {result['chosen'] if runtime == 'chosen_runtime' else 'fp32'}")
-            speedups.append(result[runtime]["speedup"] or 0.0)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.barh(labels, speedups)
-    ax.axvline(1.0, color="grey", linewidth=1)
-    ax.set_title("torch.compile (inductor) against the same runtime eager (0: did not answer alike)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        speedups[f"{task} fp32"] = result["fp32"]["speedup"] or 0.0
+        speedups[f"{task} {result['chosen']}"] = result["chosen_runtime"]["speedup"] or 0.0
+    title = "torch.compile: speed-up over the same runtime eager"
+    bar_panels(path, {title: speedups}, reference=1.0)
 
 
 def main() -> None:

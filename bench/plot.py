@@ -128,6 +128,26 @@ def figure(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def bar_panels(
+    path: Path,
+    panels: dict[str, dict[str, float]],
+    colours: dict[str, list[str]] | None = None,
+    reference: float | None = None,
+) -> None:
+    """Horizontal bar charts side by side, one per panel (title -> {label: value}), for the smaller benches;
+    `reference` draws a grey line (a ratio's 1.0)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 3.5), squeeze=False)
+    for ax, (title, bars) in zip(axes[0], panels.items(), strict=True):
+        ax.barh(list(bars), list(bars.values()), color=(colours or {}).get(title))
+        if reference is not None:
+            ax.axvline(reference, color="grey", linewidth=1)
+        ax.set_title(title)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     source = Path(sys.argv[1])
     figure(json.loads(source.read_text()), source.with_suffix(".png"))

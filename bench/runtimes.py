@@ -33,6 +33,7 @@ from typing import Any
 
 import torch  # noqa: E402
 from harness import images, machine, random_store
+from plot import bar_panels
 from raw import _decode_all
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -177,22 +178,12 @@ def run_task(
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4))
-    for ax, task in zip(axes if len(tasks) > 1 else [axes], tasks, strict=True):
-        runtimes = report["tasks"][task]["runtimes"]
-        names = list(runtimes)
-        colours = ["tab:green" if n == report["tasks"][task]["chosen"] else "tab:blue" for n in names]
-        ax.barh(names, [runtimes[n]["ms_per_image"] for n in names], color=colours)
-        ax.set_title(f"{task}: ms/image, batch {BATCH} (green: chosen)")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    panels, colours = {}, {}
+    for task, result in report["tasks"].items():
+        title = f"{task}: ms/image, batch {BATCH} (green: chosen)"
+        panels[title] = {name: figures["ms_per_image"] for name, figures in result["runtimes"].items()}
+        colours[title] = ["tab:green" if name == result["chosen"] else "tab:blue" for name in panels[title]]
+    bar_panels(path, panels, colours)
 
 
 def main() -> None:

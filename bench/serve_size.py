@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import images, machine
+from plot import bar_panels
 from raw import _decode_all
 from runtimes import BATCH, gflop_per_image, time_rounds
 
@@ -53,20 +54,8 @@ def run_task(store: Path, task: str, sizes: list[int], batches: list[list[Any]],
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        timing = report["tasks"][task]["timing"]
-        ax.barh(list(timing), [t["ms_per_image"] for t in timing.values()])
-        ax.set_title(f"{task}: ms/image by shorter side, batch {BATCH}")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    bar_panels(path, {f"{task}: ms/image by shorter side, batch {BATCH}": {name: t["ms_per_image"] for name, t in
+                      result["timing"].items()} for task, result in report["tasks"].items()})  # fmt: skip
 
 
 def main() -> None:

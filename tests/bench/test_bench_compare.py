@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -173,3 +174,12 @@ def test_a_run_that_needs_nginx_stops_at_once_without_it(
         compare.parse(["--systems", "service", "service_r2_nginx"])
     assert stopped.value.code == 2
     assert "service_r2_nginx needs nginx" in capsys.readouterr().err
+
+
+def test_bar_panels_draw_one_panel_per_entry(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    plot.bar_panels(one, {"a": {"x": 1.0, "y": 2.0}}, reference=1.0)
+    plot.bar_panels(two, {"a": {"x": 1.0}, "b": {"x": 3.0}}, colours={"b": ["tab:green"]})
+    with Image.open(one) as first, Image.open(two) as second:
+        assert first.format == second.format == "PNG"
+        assert second.width > first.width  # side by side
