@@ -63,7 +63,7 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
-        help="mixed precision (default: on for CUDA only; bf16 on a CPU with native bf16 when asked)",
+        help="mixed precision (default: on for CUDA and for a CPU with native bf16, where it is bf16)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--augment", choices=tuple(POLICIES), help="augmentation policy (default: the preset's, strong)")
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, default="quick")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="training seed of every stage (the data stay seed 0)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision in every stage (as train's)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="every stage's mixed precision (as train's)")
 
     sub.add_parser("archs", help="list the architectures per task")
     _add_lifecycle_parsers(sub)

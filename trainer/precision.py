@@ -1,6 +1,8 @@
-"""Mixed precision: on CUDA (the default there), autocast to bfloat16 where the GPU has it, else float16
-with loss scaling; on a CPU only when asked (`--amp`) and only where it has native bf16 dot products
-(AVX512-BF16 or AMX: models.acceleration.native_cpu_bf16). Elsewhere CPU autocast is slower than float32.
+"""Mixed precision, on by default where it pays: on CUDA, autocast to bfloat16 where the GPU has it, else
+float16 with loss scaling; on a CPU with native bf16 dot products (AVX512-BF16 or AMX:
+models.acceleration.native_cpu_bf16), bfloat16: the quick chain trains 1.15-1.24x faster there at
+accuracy within the training seeds' spread (bench/results/accuracy_experiments.md). Other CPUs train in
+float32 (autocast there is slower than float32) and refuse `--amp`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ class Precision:
 
 
 def choose_precision(device: torch.device, amp: bool | None = None) -> Precision:
-    """`amp=None` means on for CUDA, off elsewhere; asking for it off CUDA is an error, not a silent no-op."""
+    """`amp=None` means on where it pays (CUDA, a CPU with native bf16); asking for it where it does not is an
+    error, not a silent no-op."""
     if amp is None:
-        amp = device.type == "cuda"
+        amp = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
     if not amp:
         return Precision(device.type)
     if device.type == "cpu" and native_cpu_bf16():

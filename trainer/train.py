@@ -51,7 +51,7 @@ class TrainJob:
     init_scope: str = "all"  # or "backbone"
     freeze_stages: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # architecture choices: roi_op, skips
-    amp: bool | None = None  # None: on for CUDA
+    amp: bool | None = None  # None: on where it pays (trainer.precision)
     freeze_bn: str = "auto"  # on, off, or auto: as torchvision does when it loads weights (see transfer.py)
     run_dir: Path | None = None  # None: artifacts/runs/<task>-<UTC timestamp>
     checkpoint_every: int = 200

@@ -81,23 +81,23 @@ def test_a_stream_reenters_at_any_step_without_loading_what_it_skips() -> None:
     assert data.loads == 8
 
 
-def test_amp_is_off_on_cpu_and_refused_there_when_asked_for() -> None:
+def test_a_cpu_without_native_bf16_trains_in_float32_and_refuses_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: False)
     precision = choose_precision(torch.device("cpu"))
     assert (precision.dtype, precision.name, precision.grad_scaler()) == (None, "float32", None)
     with precision.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    assert choose_precision(torch.device("cpu"), amp=False).dtype is None
-
-
-def test_amp_on_a_cpu_autocasts_to_bf16_only_with_native_support(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: False)
     with pytest.raises(ValueError, match="--amp needs a CUDA device or a CPU with native bf16"):
         choose_precision(torch.device("cpu"), amp=True)
+
+
+def test_a_cpu_with_native_bf16_autocasts_to_bf16_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("trainer.precision.native_cpu_bf16", lambda: True)
-    precision = choose_precision(torch.device("cpu"), amp=True)
-    assert (precision.dtype, precision.grad_scaler()) == (torch.bfloat16, None)  # bf16 needs no loss scaling
-    with precision.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    for precision in (choose_precision(torch.device("cpu")), choose_precision(torch.device("cpu"), amp=True)):
+        assert (precision.dtype, precision.grad_scaler()) == (torch.bfloat16, None)  # bf16 needs no loss scaling
+        with precision.autocast():
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert choose_precision(torch.device("cpu"), amp=False).dtype is None
 
 
 @pytest.mark.parametrize(("bf16", "dtype", "scaled"), [(True, torch.bfloat16, False), (False, torch.float16, True)])
@@ -132,7 +132,7 @@ def test_checkpoint_restores_training_state_and_every_rng(tmp_path: Path) -> Non
 def test_run_folder_has_per_term_metrics_and_plots(tiny_shapes: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     argv = ["train", "--task", "instances", "--data", str(tiny_shapes), "--out", str(tmp_path), "--preset", "smoke",
-            "--steps", "2", "--batch-size", "1", "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+            "--steps", "2", "--batch-size", "1", "--run-dir", str(run_dir), "--no-progress", "--no-amp"]  # fmt: skip
     assert main(argv) == 0
     rows = read_metrics(run_dir / METRICS_FILE)
     assert list(rows[0]) == ["step", "lr", "loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
@@ -145,7 +145,7 @@ def test_run_folder_has_per_term_metrics_and_plots(tiny_shapes: Path, tmp_path: 
         assert grid.size == (2 * (256 + 4) + 4, 256 + 8)  # two val images in 256 px tiles
     assert json.loads((run_dir / "run.json").read_text())["config"]["steps"] == 2
     trained = read_manifest(tmp_path, "instances").trained
-    assert (trained["run_dir"], trained["world_size"], trained["precision"]) == (str(run_dir), 1, "float32")
+    assert (trained["run_dir"], trained["world_size"], trained["precision"]) == (str(run_dir), 1, "float32")  # --no-amp
 
 
 def test_overlays_draw_masks_and_boxes_where_predicted() -> None:
