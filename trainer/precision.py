@@ -39,11 +39,12 @@ class Precision:
 def choose_precision(device: torch.device, amp: bool | None = None) -> Precision:
     """`amp=None` means on where it pays (CUDA, a CPU with native bf16); asking for it where it does not is an
     error, not a silent no-op."""
+    cpu_bf16 = device.type == "cpu" and native_cpu_bf16()
     if amp is None:
-        amp = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
+        amp = device.type == "cuda" or cpu_bf16
     if not amp:
         return Precision(device.type)
-    if device.type == "cpu" and native_cpu_bf16():
+    if cpu_bf16:
         return Precision(device.type, torch.bfloat16)
     if device.type != "cuda":
         raise ValueError(
