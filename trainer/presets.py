@@ -28,6 +28,7 @@ class TrainConfig:
     # R-CNNs 0.07 box mAP@0.5 on val (bench/results/accuracy_experiments.md); `full` has the steps for it.
     augment: str = "strong"
     crop: int = 0  # segment: train on random crops of at most crop x crop px of the resized images (0: whole)
+    dice_weight: float = 0.0  # segment: a soft Dice term of this weight beside cross-entropy (trainer/engine.py)
     eval_images: int | None = None  # None: the whole val split
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
@@ -51,7 +52,10 @@ _TABLE: dict[str, dict[str, TrainConfig]] = {
         # Random 224 px crops: as accurate per step as whole images (which the batch pads to 1.5x their
         # pixels) at 1.85x the steps/s on 2 CPU cores; mIoU kept rising to 1500 steps
         # (bench/results/accuracy_experiments.md).
-        "quick": TrainConfig(steps=1680, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224, augment="flip"),
+        # Dice beside cross-entropy: +0.027-0.036 val and +0.008-0.041 cross-dev mIoU over two seeds.
+        "quick": TrainConfig(
+            steps=1680, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224, augment="flip", dice_weight=1.0
+        ),
         "full": TrainConfig(steps=4000, batch_size=8, lr=2e-3, warmup_steps=100, crop=256),
     },
     "detect": {

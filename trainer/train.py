@@ -116,7 +116,7 @@ def _run(job: TrainJob, procs: distributed.Processes, resume: bool) -> Manifest 
     augmented = Augmented(dataset, transform_for(job.task, policy, manifest.input, job.config.crop), job.seed)
     workers = data_workers(procs.world_size) if job.workers is None else job.workers
     batches = batch_stream(augmented, sampler, start_step=state.step, workers=workers)
-    compute_losses = LossComputer(job.task, procs.device, manifest.input)
+    compute_losses = LossComputer(job.task, procs.device, manifest.input, job.config.dice_weight)
     reporter = _reporter(job, resume, state.step, procs.world_size) if procs.is_main else None
     train_mode(model, frozen)
     network = distributed.wrap(model, procs)

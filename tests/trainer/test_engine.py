@@ -14,10 +14,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from models import Detections, InstanceMasks, SemanticMap, read_manifest
+from models.small import SkipFCN
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import main
-from trainer.data import Target
-from trainer.engine import make_state, seed_everything
+from trainer.data import IGNORE, Target
+from trainer.engine import LossComputer, make_state, seed_everything, soft_dice_loss
 from trainer.plots import draw_result
 from trainer.precision import Precision, choose_precision
 from trainer.presets import TrainConfig
@@ -197,3 +198,38 @@ def test_tensorboard_gets_the_same_scalars_when_installed(tiny_shapes: Path, tmp
     events.Reload()
     assert {"train/loss", "train/loss_box_reg", "train/lr"} <= set(events.Tags()["scalars"])
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_soft_dice_is_zero_for_a_confident_match_and_one_minus_the_overlap_otherwise() -> None:
+    target = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1]]])
+    confident = 50 * torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    assert soft_dice_loss(confident, target) == pytest.approx(0, abs=1e-4)
+    # Every pixel predicted as class 0 with certainty: class 0 overlaps 3 of its 3 pixels among 8 predicted,
+    # classes 1 and 2 not at all; Dice (2|A∩B| + 1) / (|A| + |B| + 1) per class, smoothed by 1.
+    all_zero = 50 * torch.nn.functional.one_hot(torch.zeros_like(target), 3).permute(0, 3, 1, 2).float()
+    expected = 1 - ((2 * 3 + 1) / (8 + 3 + 1) + 1 / (0 + 3 + 1) + 1 / (0 + 2 + 1)) / 3
+    assert soft_dice_loss(all_zero, target) == pytest.approx(expected, abs=1e-4)
+
+
+def test_soft_dice_ignores_pixels_labelled_ignore() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    target[:, :, 5:] = IGNORE
+    changed = logits.clone()
+    changed[:, :, :, 5:] = torch.randn(2, 4, 8, 3) * 10  # what the network says on ignored pixels
+    assert soft_dice_loss(changed, target) == pytest.approx(float(soft_dice_loss(logits, target)), abs=1e-6)
+    assert soft_dice_loss(logits, target) != pytest.approx(float(soft_dice_loss(logits, target.clamp(max=3))))
+
+
+def test_the_segment_loss_carries_a_dice_term_only_when_weighted() -> None:
+    spec = {"mean": [0.5] * 3, "std": [0.25] * 3, "size_divisor": 32}
+    model = SkipFCN(num_classes=3).eval()
+    images = [torch.rand(3, 40, 56)]
+    targets: list[Target] = [{"mask": torch.randint(0, 3, (40, 56))}]
+    plain = LossComputer("segment", torch.device("cpu"), spec)(model, images, targets)
+    weighted = LossComputer("segment", torch.device("cpu"), spec, dice_weight=2.0)(model, images, targets)
+    assert set(plain) == {"loss_seg"}
+    assert set(weighted) == {"loss_seg", "loss_dice"}
+    assert float(weighted["loss_seg"]) == pytest.approx(float(plain["loss_seg"]))
+    assert 0 < float(weighted["loss_dice"]) <= 2.0
