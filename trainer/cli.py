@@ -30,14 +30,22 @@ LAYOUTS = ("COCO layout: images/ and annotations/{train,val}.json; or VOC layout
            "SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt")  # fmt: skip
 ARCH_CHOICES = ("roi_op", "skips", "norm")
 # What a resumed run takes from its run.json rather than from the command line.
-JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "seed", "augment", "init_from",
-             "init_scope", "freeze_stages", "freeze_bn", *ARCH_CHOICES, "run_dir", "checkpoint_every")  # fmt: skip
+JOB_FLAGS = ("task", "data", "out", "arch", "preset", "steps", "batch_size", "lr", "dice_weight", "seed", "augment",
+             "init_from", "init_scope", "freeze_stages", "freeze_bn", *ARCH_CHOICES, "run_dir",
+             "checkpoint_every")  # fmt: skip
 
 
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
@@ -58,6 +66,8 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--steps", type=int, help="override the preset's optimizer steps")
     p.add_argument("--batch-size", type=int, help="images per step and process")
     p.add_argument("--lr", type=float)
+    p.add_argument("--dice-weight", type=_non_negative_float, help="segment: weight of a soft Dice term beside "
+                   "cross-entropy (default: the preset's; 0: cross-entropy alone)")  # fmt: skip
     p.add_argument("--seed", type=int, help="default 0; a seeded CPU run is reproducible")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank)")
     p.add_argument(
@@ -176,7 +186,8 @@ def _new_job(args: argparse.Namespace) -> TrainJob:
     get_arch(args.task, arch).with_choices(**options)  # fail fast on a bad name or an option it lacks
     preset = args.preset or "quick"
     config = get_preset(args.task, preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
-    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment)
+    config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                                   dice_weight=args.dice_weight)  # fmt: skip
     given = {name: getattr(args, name) for name in ("seed", "init_from", "init_scope", "freeze_stages", "freeze_bn",
                                                     "amp", "run_dir", "checkpoint_every", "workers",
                                                     "keep")}  # fmt: skip

@@ -52,11 +52,12 @@ _TABLE: dict[str, dict[str, TrainConfig]] = {
         # Random 224 px crops: as accurate per step as whole images (which the batch pads to 1.5x their
         # pixels) at 1.85x the steps/s on 2 CPU cores; mIoU kept rising to 1500 steps
         # (bench/results/accuracy_experiments.md).
-        # Dice beside cross-entropy: +0.027-0.036 val and +0.008-0.041 cross-dev mIoU over two seeds.
+        # Dice beside cross-entropy: quick +0.036 / +0.053 val and +0.008 / +0.032 cross mIoU (two seeds), full
+        # +0.014 val and +0.015 cross (bench/results/accuracy_experiments.md).
         "quick": TrainConfig(
             steps=1680, batch_size=8, lr=2e-3, input={"max_size": 320}, crop=224, augment="flip", dice_weight=1.0
         ),
-        "full": TrainConfig(steps=4000, batch_size=8, lr=2e-3, warmup_steps=100, crop=256),
+        "full": TrainConfig(steps=4000, batch_size=8, lr=2e-3, warmup_steps=100, crop=256, dice_weight=1.0),
     },
     "detect": {
         "smoke": TrainConfig(steps=8, batch_size=2, lr=1e-3, warmup_steps=2, input=_SMALL_RCNN, eval_images=8),

@@ -148,3 +148,20 @@ def test_init_from_a_hostile_pickle_runs_no_code(shapes: Path, tmp_path: Path) -
     assert main([*argv, "--no-progress", "--init-from", str(tmp_path / "evil.pth")]) == 2
     assert not marker.exists()
     assert not (tmp_path / "detect").exists()
+
+
+def test_dice_weight_is_a_training_flag_recorded_with_its_loss_term(shapes: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["train", "--task", "segment", "--data", str(shapes), "--out", str(tmp_path), "--preset", "smoke",
+            "--steps", "2", "--dice-weight", "0.5", "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert read_manifest(tmp_path, "segment").trained["config"]["dice_weight"] == 0.5
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")[-1] == "loss_dice"
+
+
+def test_a_negative_dice_weight_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--task", "segment", "--data", str(tmp_path), "--out", str(tmp_path), "--dice-weight=-1"]
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+    assert "--dice-weight: must be 0 or more, not -1" in capsys.readouterr().err
