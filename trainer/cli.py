@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +45,8 @@ def _positive(text: str) -> int:
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    if not 0 <= value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, not {text}")
     return value
 
 
@@ -184,6 +185,8 @@ def _new_job(args: argparse.Namespace) -> TrainJob:
     arch = args.arch or DEFAULT_ARCH[args.task]
     options = {name: getattr(args, name) for name in ARCH_CHOICES if getattr(args, name) is not None}
     get_arch(args.task, arch).with_choices(**options)  # fail fast on a bad name or an option it lacks
+    if args.dice_weight is not None and args.task != "segment":
+        raise ValueError(f"--dice-weight is a segment loss; {args.task} has none")
     preset = args.preset or "quick"
     config = get_preset(args.task, preset, arch_is_small=arch == DEFAULT_ARCH[args.task])
     config = config.with_overrides(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,

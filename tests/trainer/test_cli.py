@@ -159,9 +159,19 @@ def test_dice_weight_is_a_training_flag_recorded_with_its_loss_term(shapes: Path
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")[-1] == "loss_dice"
 
 
-def test_a_negative_dice_weight_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", "--task", "segment", "--data", str(tmp_path), "--out", str(tmp_path), "--dice-weight=-1"]
+@pytest.mark.parametrize("weight", ["-1", "inf", "nan"])
+def test_a_dice_weight_below_zero_or_not_finite_is_refused(
+    weight: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--task", "segment", "--data", str(tmp_path), "--out", str(tmp_path), f"--dice-weight={weight}"]
     with pytest.raises(SystemExit) as refused:
         main(argv)
     assert refused.value.code == 2
-    assert "--dice-weight: must be 0 or more, not -1" in capsys.readouterr().err
+    assert f"--dice-weight: must be a finite number, 0 or more, not {weight}" in capsys.readouterr().err
+
+
+def test_a_dice_weight_for_an_rcnn_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["train", "--task", "detect", "--data", str(tmp_path), "--out", str(tmp_path), "--dice-weight", "1"]
+    assert main(argv) == 2
+    assert "--dice-weight is a segment loss; detect has none" in caplog.text
+    assert not (tmp_path / "detect").exists()
