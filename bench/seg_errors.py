@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import SemanticMap, load_predictor, read_manifest
+from models import Predictor, SemanticMap, load_predictor
 from trainer.data import CocoDataset, annotation_mask
 from trainer.evaluate import confusion_matrix
 
@@ -99,9 +99,7 @@ def analyse(label: Callable[[int], Tensor], dataset: CocoDataset, classes: int) 
     return {"confusion_row_normalised": [[round(v, 3) for v in row] for row in rows], "pixels": tally.report()}
 
 
-def stored_fcn(store: Path, dataset: CocoDataset) -> Callable[[int], Tensor]:
-    predictor = load_predictor(store, "segment")
-
+def labeller(predictor: Predictor, dataset: CocoDataset) -> Callable[[int], Tensor]:
     def label(index: int) -> Tensor:
         result = predictor.predict([dataset.read_image(index)])[0]
         assert isinstance(result, SemanticMap)
@@ -118,8 +116,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     dataset = CocoDataset(args.data, args.split, "segment")
-    classes = read_manifest(args.model, "segment").num_classes
-    report = analyse(stored_fcn(args.model, dataset), dataset, classes)
+    predictor = load_predictor(args.model, "segment")
+    report = analyse(labeller(predictor, dataset), dataset, predictor.manifest.num_classes)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
